@@ -1,0 +1,160 @@
+// Herald browser client. No dependencies; works as a classic script
+// (window.Herald) or an ES module import of the same file via globalThis.
+//
+//   const h = new Herald({
+//     url: "wss://push.example.com/ws",        // default: this page's host
+//     getToken: async () => fetchTokenFromYourBackend(),
+//     onMessage: (msg) => console.log(msg.id, msg.data, msg.ts),
+//     onState: (state, info) => console.log(state, info),  // optional
+//   });
+//   h.connect();   ...   h.close();
+//
+// It resumes after every disconnect with since=<last id seen>, drops
+// messages it has already seen (replay may repeat a few), acks each
+// message after onMessage returns, and backs off with jitter. Close codes
+// 4000-4399 mean "reconnect"; 4400-4999 and protocol errors stop it.
+(function (root) {
+  "use strict";
+
+  const SUBPROTOCOL = "herald.v1";
+  const SEEN_MAX = 2048;
+
+  class Herald {
+    constructor(opts) {
+      if (!opts || typeof opts.getToken !== "function") {
+        throw new Error("Herald: getToken is required");
+      }
+      this.url = opts.url || defaultURL();
+      this.getToken = opts.getToken;
+      this.onMessage = opts.onMessage || function () {};
+      this.onState = opts.onState || function () {};
+      this.lastId = opts.since || "";
+      this.seen = new Set();
+      this.seenOrder = [];
+      this.attempt = 0;
+      this.ws = null;
+      this.timer = null;
+      this.heartbeat = null;
+      this.lastFrame = 0;
+      this.closed = false;
+      this.hint = null; // {url, delayMs} from a "reconnect" frame
+    }
+
+    async connect() {
+      this.closed = false;
+      clearTimeout(this.timer);
+      let token;
+      try {
+        token = await this.getToken();
+      } catch (err) {
+        this.onState("error", { reason: "getToken failed", error: err });
+        return this.retry();
+      }
+      if (this.closed) return;
+      const target = new URL((this.hint && this.hint.url) || this.url, location.href);
+      this.hint = null;
+      if (this.lastId) target.searchParams.set("since", this.lastId);
+      const ws = new WebSocket(target.toString(), [SUBPROTOCOL, "bearer." + token]);
+      this.ws = ws;
+      this.onState("connecting", { url: target.origin + target.pathname });
+      ws.onmessage = (ev) => this.frame(ev.data);
+      ws.onclose = (ev) => this.closedWith(ev.code, ev.reason);
+      ws.onerror = () => {}; // onclose follows with the details
+    }
+
+    frame(text) {
+      this.lastFrame = Date.now();
+      let f;
+      try {
+        f = JSON.parse(text);
+      } catch (e) {
+        return;
+      }
+      switch (f.type) {
+        case "ready":
+          this.attempt = 0;
+          this.startHeartbeat();
+          this.onState("open", { user: f.user, node: f.node, replayed: f.replayed });
+          break;
+        case "message":
+          if (this.seen.has(f.id)) break; // a replay may repeat recent messages
+          this.remember(f.id);
+          if (f.id > this.lastId) this.lastId = f.id;
+          try {
+            this.onMessage({ id: f.id, data: f.data, ts: f.ts });
+          } finally {
+            this.send({ type: "ack", id: f.id });
+          }
+          break;
+        case "reconnect":
+          this.hint = { url: f.url || null, delayMs: f.delay_ms || 0 };
+          break;
+        case "pong":
+          break;
+      }
+    }
+
+    remember(id) {
+      this.seen.add(id);
+      this.seenOrder.push(id);
+      if (this.seenOrder.length > SEEN_MAX) this.seen.delete(this.seenOrder.shift());
+    }
+
+    send(obj) {
+      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(obj));
+    }
+
+    startHeartbeat() {
+      clearInterval(this.heartbeat);
+      // Browsers cannot see WebSocket pings: an application ping detects a
+      // dead connection (e.g. after a laptop sleeps).
+      this.heartbeat = setInterval(() => {
+        if (Date.now() - this.lastFrame > 60000) {
+          this.ws && this.ws.close(4001, "client idle timeout");
+          return;
+        }
+        this.send({ type: "ping" });
+      }, 25000);
+    }
+
+    closedWith(code, reason) {
+      clearInterval(this.heartbeat);
+      this.ws = null;
+      if (this.closed) return this.onState("closed", { code, reason });
+      const terminal = (code >= 4400 && code <= 4999) || code === 1002 || code === 1003 || code === 1007 || code === 1009;
+      if (terminal) {
+        this.closed = true;
+        return this.onState("failed", { code, reason });
+      }
+      this.onState("disconnected", { code, reason });
+      this.retry();
+    }
+
+    retry() {
+      if (this.closed) return;
+      let delay;
+      if (this.hint) {
+        delay = this.hint.delayMs; // the server spread its clients out
+      } else {
+        const base = Math.min(30000, 500 * Math.pow(2, this.attempt));
+        delay = base / 2 + Math.random() * base / 2;
+      }
+      this.attempt++;
+      this.timer = setTimeout(() => this.connect(), delay);
+    }
+
+    close() {
+      this.closed = true;
+      clearTimeout(this.timer);
+      clearInterval(this.heartbeat);
+      if (this.ws) this.ws.close(1000, "bye");
+    }
+  }
+
+  function defaultURL() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    return proto + "//" + location.host + "/ws";
+  }
+
+  root.Herald = Herald;
+})(typeof globalThis !== "undefined" ? globalThis : window);

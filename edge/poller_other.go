@@ -1,0 +1,5 @@
+//go:build unix && !linux
+
+package edge
+
+func newPoller(portable bool) (poller, error) { return newNetpollPoller(), nil }

@@ -1,0 +1,155 @@
+package edge
+
+import (
+	"sync"
+)
+
+// registryShards spreads users over independently locked maps, so that
+// connects, disconnects and deliveries for different users rarely contend.
+const registryShards = 64
+
+// registry maps user IDs to this edge's open connections.
+type registry struct {
+	shards   [registryShards]regShard
+	listener Listener
+}
+
+type regShard struct {
+	mu    sync.RWMutex
+	users map[string][]*Conn
+}
+
+func newRegistry(l Listener) *registry {
+	r := &registry{listener: l}
+	for i := range r.shards {
+		r.shards[i].users = make(map[string][]*Conn)
+	}
+	return r
+}
+
+func (r *registry) shard(user string) *regShard {
+	// FNV-1a, inline so that it does not allocate.
+	h := uint32(2166136261)
+	for i := 0; i < len(user); i++ {
+		h ^= uint32(user[i])
+		h *= 16777619
+	}
+	return &r.shards[h%registryShards]
+}
+
+// add registers c; the user's first connection tells the listener.
+func (r *registry) add(c *Conn) {
+	s := r.shard(c.user)
+	s.mu.Lock()
+	list := s.users[c.user]
+	s.users[c.user] = append(list, c)
+	if len(list) == 0 && r.listener != nil {
+		r.listener.Online(c.user)
+	}
+	s.mu.Unlock()
+}
+
+// remove unregisters c; the user's last connection tells the listener. It
+// reports whether c was registered.
+func (r *registry) remove(c *Conn) bool {
+	s := r.shard(c.user)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	list := s.users[c.user]
+	for i, x := range list {
+		if x != c {
+			continue
+		}
+		last := len(list) - 1
+		list[i] = list[last]
+		list[last] = nil
+		list = list[:last]
+		if len(list) == 0 {
+			delete(s.users, c.user)
+			if r.listener != nil {
+				r.listener.Offline(c.user)
+			}
+		} else {
+			s.users[c.user] = list
+		}
+		return true
+	}
+	return false
+}
+
+// deliver queues f on every connection of user and returns how many took it.
+func (r *registry) deliver(user string, f *Frame) int {
+	s := r.shard(user)
+	n := 0
+	s.mu.RLock()
+	for _, c := range s.users[user] {
+		if c.deliver(f) {
+			n++
+		}
+	}
+	s.mu.RUnlock()
+	return n
+}
+
+// deliverShard queues f on every connection in shard i.
+func (r *registry) deliverShard(i int, f *Frame) int {
+	s := &r.shards[i]
+	n := 0
+	s.mu.RLock()
+	for _, list := range s.users {
+		for _, c := range list {
+			if c.deliver(f) {
+				n++
+			}
+		}
+	}
+	s.mu.RUnlock()
+	return n
+}
+
+func (r *registry) online(user string) bool {
+	s := r.shard(user)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.users[user]) > 0
+}
+
+// users returns the users with a connection here.
+func (r *registry) userList() []string {
+	var out []string
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.RLock()
+		for u := range s.users {
+			out = append(out, u)
+		}
+		s.mu.RUnlock()
+	}
+	return out
+}
+
+// shardUsers returns the users in shard i.
+func (r *registry) shardUsers(i int) []string {
+	s := &r.shards[i]
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]string, 0, len(s.users))
+	for u := range s.users {
+		out = append(out, u)
+	}
+	return out
+}
+
+// conns returns every registered connection.
+func (r *registry) conns() []*Conn {
+	var out []*Conn
+	for i := range r.shards {
+		s := &r.shards[i]
+		s.mu.RLock()
+		for _, list := range s.users {
+			out = append(out, list...)
+		}
+		s.mu.RUnlock()
+	}
+	return out
+}

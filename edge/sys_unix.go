@@ -1,0 +1,44 @@
+//go:build unix
+
+package edge
+
+import "golang.org/x/sys/unix"
+
+// Non-blocking system calls on a connection's socket. The caller holds the
+// Conn's mutex and has checked it is not closed.
+
+func sysRead(fd int, p []byte) (int, error) {
+	n, err := unix.Read(fd, p)
+	if n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+func sysWrite(fd int, p []byte) (int, error) {
+	n, err := unix.Write(fd, p)
+	if n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+// sysWritev writes bufs, the first from offset off, in one call.
+func sysWritev(fd int, bufs [][]byte, off int) (int, error) {
+	const maxIov = 64
+	iov := make([][]byte, 0, min(len(bufs), maxIov))
+	iov = append(iov, bufs[0][off:])
+	for _, b := range bufs[1:] {
+		if len(iov) == maxIov {
+			break
+		}
+		iov = append(iov, b)
+	}
+	n, err := unix.Writev(fd, iov)
+	if n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+func sysShutdownWrite(fd int) error { return unix.Shutdown(fd, unix.SHUT_WR) }
