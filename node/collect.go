@@ -1,0 +1,254 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/heraldpush/herald/edge"
+	"github.com/heraldpush/herald/storage"
+)
+
+// apiError is an error answered to an API caller: a status and a stable
+// code (docs/API.md lists them) with a human message.
+type apiError struct {
+	Status  int
+	Code    string
+	Message string
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+func badRequest(code, format string, args ...any) *apiError {
+	return &apiError{http.StatusBadRequest, code, fmt.Sprintf(format, args...)}
+}
+
+func writeAPIError(w http.ResponseWriter, e *apiError) {
+	edge.WriteError(w, e.Status, e.Code, e.Message)
+}
+
+// postRequest is the body of POST /v1/messages.
+type postRequest struct {
+	To        []string        `json:"to"`
+	Broadcast bool            `json:"broadcast"`
+	Data      json.RawMessage `json:"data"`
+	TTL       string          `json:"ttl"`
+	Key       string          `json:"key"`
+}
+
+// postLimits are what decodePost enforces.
+type postLimits struct {
+	maxData            int
+	defaultTTL, maxTTL time.Duration
+}
+
+// decodedPost is a valid request, ready to become a storage.Message.
+type decodedPost struct {
+	to        []string // deduplicated, in first-seen order
+	broadcast bool
+	data      json.RawMessage
+	ttl       time.Duration
+	key       string
+}
+
+// decodePost parses and validates a request body. Every failure is an
+// apiError for the caller.
+func decodePost(body []byte, lim postLimits) (*decodedPost, *apiError) {
+	if !utf8.Valid(body) {
+		return nil, badRequest("invalid_utf8", "request body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var req postRequest
+	if err := dec.Decode(&req); err != nil {
+		return nil, badRequest("bad_json", "request body is not a valid message object: %s", jsonReason(err))
+	}
+	if dec.More() {
+		return nil, badRequest("bad_json", "request body has data after the JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, badRequest("bad_json", "request body has data after the JSON object")
+	}
+	p := &decodedPost{broadcast: req.Broadcast, key: req.Key}
+	switch {
+	case req.Broadcast && len(req.To) > 0:
+		return nil, badRequest("bad_recipients", "give either to or broadcast, not both")
+	case !req.Broadcast && len(req.To) == 0:
+		return nil, badRequest("missing_recipients", "to must list at least one user, or set broadcast to true")
+	case len(req.To) > storage.MaxRecipients:
+		return nil, badRequest("too_many_recipients", "to lists %d users; at most %d per message", len(req.To), storage.MaxRecipients)
+	}
+	seen := make(map[string]struct{}, len(req.To))
+	for i, u := range req.To {
+		if err := storage.ValidateUser(u); err != nil {
+			return nil, badRequest("bad_recipient", "to[%d]: %s", i, strings.TrimPrefix(err.Error(), storage.ErrInvalid.Error()+": "))
+		}
+		if _, dup := seen[u]; !dup {
+			seen[u] = struct{}{}
+			p.to = append(p.to, u)
+		}
+	}
+	data := bytes.TrimSpace(req.Data)
+	switch {
+	case len(data) == 0:
+		return nil, badRequest("missing_data", "data is required (any JSON value)")
+	case len(data) > lim.maxData:
+		return nil, &apiError{http.StatusRequestEntityTooLarge, "message_too_large",
+			fmt.Sprintf("data is %d bytes; at most %d", len(data), lim.maxData)}
+	}
+	p.data = data
+	p.ttl = lim.defaultTTL
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil {
+			return nil, badRequest("bad_ttl", "ttl %q is not a duration such as \"90s\", \"30m\" or \"24h\"", truncate(req.TTL))
+		}
+		if d < time.Second || d > lim.maxTTL {
+			return nil, badRequest("bad_ttl", "ttl must be between 1s and %v", lim.maxTTL)
+		}
+		p.ttl = d
+	}
+	if len(req.Key) > storage.MaxKeyLen {
+		return nil, badRequest("bad_key", "key is longer than %d bytes", storage.MaxKeyLen)
+	}
+	return p, nil
+}
+
+func jsonReason(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("syntax error at byte %d", se.Offset)
+	case errors.As(err, &te):
+		return fmt.Sprintf("field %q must be %s", te.Field, te.Type)
+	case errors.Is(err, io.EOF):
+		return "empty body"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected end of body"
+	}
+	return err.Error() // unknown field "x" and the like
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}
+
+// collector serves POST /v1/messages.
+type collector struct {
+	n *Node
+}
+
+func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	n := c.n
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeAPIError(w, &apiError{http.StatusMethodNotAllowed, "method_not_allowed", "use POST"})
+		return
+	}
+	if !n.apiKeyOK(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
+		writeAPIError(w, &apiError{http.StatusUnauthorized, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)"})
+		n.metrics.posts.WithLabelValues("unauthorized").Inc()
+		return
+	}
+	// The body is JSON whatever the Content-Type says, so that a plain
+	// "curl -d" works; only a multipart upload is clearly something else.
+	// (Cross-site forms cannot forge the Authorization header.)
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); strings.HasPrefix(mt, "multipart/") {
+		writeAPIError(w, &apiError{http.StatusUnsupportedMediaType, "unsupported_media_type", "send the message as a JSON body"})
+		return
+	}
+	limit := int64(n.cfg.MaxMessageBytes) + maxEnvelopeBytes
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			writeAPIError(w, &apiError{http.StatusRequestEntityTooLarge, "body_too_large",
+				fmt.Sprintf("request body is over %d bytes", limit)})
+			n.metrics.posts.WithLabelValues("rejected").Inc()
+			return
+		}
+		writeAPIError(w, badRequest("bad_body", "reading the body: %v", err))
+		return
+	}
+	p, aerr := decodePost(body, postLimits{maxData: n.cfg.MaxMessageBytes, defaultTTL: n.cfg.DefaultTTL, maxTTL: n.cfg.MaxTTL})
+	if aerr != nil {
+		n.metrics.posts.WithLabelValues("rejected").Inc()
+		writeAPIError(w, aerr)
+		return
+	}
+	id, at := n.ids.Next()
+	m := &storage.Message{
+		ID: id, To: p.to, Broadcast: p.broadcast, Data: p.data, Key: p.key,
+		CreatedAt: at, ExpiresAt: at.Add(p.ttl),
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), appendTimeout)
+	defer cancel()
+	start := time.Now()
+	stored, err := n.cfg.Messages.Append(ctx, m)
+	n.metrics.appendSeconds.Observe(time.Since(start).Seconds())
+	switch {
+	case errors.Is(err, storage.ErrDuplicate):
+		n.metrics.posts.WithLabelValues("duplicate").Inc()
+		writeJSON(w, http.StatusAccepted, map[string]any{"id": stored.ID, "duplicate": true})
+		return
+	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		n.metrics.posts.WithLabelValues("unavailable").Inc()
+		w.Header().Set("Retry-After", "1")
+		writeAPIError(w, &apiError{http.StatusServiceUnavailable, "store_unavailable",
+			"the message store is unavailable; nothing was accepted, retry with the same key"})
+		return
+	case errors.Is(err, storage.ErrInvalid):
+		writeAPIError(w, badRequest("invalid_message", "%v", err))
+		return
+	case err != nil:
+		n.log.Error("append failed", "id", id, "err", err)
+		writeAPIError(w, &apiError{http.StatusInternalServerError, "internal", "the message could not be stored; retry with the same key"})
+		return
+	}
+	n.metrics.posts.WithLabelValues("accepted").Inc()
+	// Durable now: hand it to dispatch. If dispatch is saturated beyond the
+	// request's patience, the message still waits in the store for replay.
+	n.dispatch.submit(r.Context(), stored)
+	writeJSON(w, http.StatusAccepted, map[string]any{"id": stored.ID})
+}
+
+// maxEnvelopeBytes is what a POST body may hold beyond its data:
+// recipients (up to MaxRecipients IDs), ttl and key.
+const maxEnvelopeBytes = 1 << 20
+
+// appendTimeout bounds one store write for a POST.
+const appendTimeout = 10 * time.Second
+
+func (n *Node) apiKeyOK(r *http.Request) bool {
+	h := r.Header.Get("Authorization")
+	if len(h) < 8 || !strings.EqualFold(h[:7], "bearer ") {
+		return false
+	}
+	got := []byte(strings.TrimSpace(h[7:]))
+	ok := 0
+	for _, k := range n.cfg.APIKeys {
+		ok |= subtle.ConstantTimeCompare(got, []byte(k))
+	}
+	return ok == 1
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

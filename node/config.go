@@ -1,0 +1,203 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/heraldpush/herald/edge"
+	"github.com/heraldpush/herald/node/auth"
+	"github.com/heraldpush/herald/storage"
+)
+
+// Role is one of the parts a node can play.
+type Role string
+
+// The four roles.
+const (
+	RoleAuth     Role = "auth"     // verifies connection tokens
+	RoleCollect  Role = "collect"  // the public HTTP API for business systems
+	RoleDispatch Role = "dispatch" // routes messages to push nodes
+	RolePush     Role = "push"     // holds WebSocket connections
+)
+
+// AllRoles is the default: every role in one process.
+var AllRoles = []Role{RoleAuth, RoleCollect, RoleDispatch, RolePush}
+
+// ParseRoles parses a comma-separated role list such as "push,auth".
+func ParseRoles(s string) ([]Role, error) {
+	var out []Role
+	for _, f := range strings.Split(s, ",") {
+		r := Role(strings.TrimSpace(strings.ToLower(f)))
+		if r == "" {
+			continue
+		}
+		if r == "all" {
+			return slices.Clone(AllRoles), nil
+		}
+		if !slices.Contains(AllRoles, r) {
+			return nil, fmt.Errorf("unknown role %q (want auth, collect, dispatch, push or all)", r)
+		}
+		if !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no roles given")
+	}
+	return out, nil
+}
+
+// Authenticator turns a token into an identity (auth.JWT, or a remote auth
+// service client).
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (auth.Identity, error)
+}
+
+// Config configures a Node. Start from DefaultConfig.
+type Config struct {
+	// NodeID names the node in the cluster and in bindings. It must be
+	// stable across restarts of the same machine or pod.
+	NodeID string
+	// Roles this node plays.
+	Roles []Role
+	// Addr is the public HTTP address (WebSocket, API, health, metrics).
+	Addr string
+
+	// Auth verifies connection tokens. Required with the push role.
+	Auth Authenticator
+	// APIKeys are the keys business systems present to POST /v1/messages.
+	// Required with the collect role.
+	APIKeys []string
+
+	// MaxMessageBytes bounds a message's data in a POST and a client frame
+	// on the WebSocket.
+	MaxMessageBytes int
+	// DefaultTTL applies when a POST names no ttl; MaxTTL caps it.
+	DefaultTTL, MaxTTL time.Duration
+
+	// Edge configures the WebSocket edge (push role). Auth, Replayer,
+	// Listener, NodeID, MaxMessageBytes, Logger and Registerer are set by
+	// the node.
+	Edge edge.Config
+
+	// Messages is the message store; the node closes it on Shutdown.
+	// Required with the collect and push roles.
+	Messages storage.Messages
+	// Bindings is the user -> node binding store; the node closes it on
+	// Shutdown. Required with the push and dispatch roles.
+	Bindings storage.Bindings
+	// LeaseTTL is how long this node's bindings survive it if it dies
+	// without unbinding; the lease is renewed every LeaseTTL/3.
+	LeaseTTL time.Duration
+	// RebindInterval is how often every local user's binding is written
+	// again, spread over the interval, so that binding stores whose keys
+	// expire (Redis: KeyTTL, 24h) keep long-lived connections. It must be
+	// under the store's key TTL.
+	RebindInterval time.Duration
+	// SweepInterval is how often expired messages are deleted.
+	SweepInterval time.Duration
+	// DispatchQueue bounds accepted messages waiting for dispatch; a full
+	// queue makes POSTs wait (they are already durable).
+	DispatchQueue int
+
+	// DrainTimeout bounds Drain: clients still connected after it are
+	// dropped. DrainSpread is the window over which clients are told to
+	// reconnect, so they do not all come back at once.
+	DrainTimeout, DrainSpread time.Duration
+
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+	// Metrics receives every metric and serves /metrics; nil makes a
+	// private registry.
+	Metrics *prometheus.Registry
+}
+
+// DefaultConfig returns the defaults for one node with every role.
+func DefaultConfig() Config {
+	return Config{
+		Roles: slices.Clone(AllRoles),
+		Addr:  ":8080",
+		// Business payloads are notifications, not files: 64 KiB covers
+		// rich ones and keeps a slow client's queue meaningful.
+		MaxMessageBytes: 64 << 10,
+		// A day covers a phone that was off overnight; a week is as long
+		// as anything should wait in a push system.
+		DefaultTTL: 24 * time.Hour,
+		MaxTTL:     7 * 24 * time.Hour,
+		Edge:       edge.DefaultConfig(),
+		// A dead node's users are found again within 15 s even without
+		// gossip; renewing every 5 s costs one command per node.
+		LeaseTTL: 15 * time.Second,
+		// Half the Redis binding keys' 24 h TTL.
+		RebindInterval: 12 * time.Hour,
+		SweepInterval:  time.Minute,
+		// About a second of peak traffic for one node.
+		DispatchQueue: 4096,
+		DrainTimeout:  30 * time.Second,
+		DrainSpread:   10 * time.Second,
+	}
+}
+
+// Has reports whether the node plays role r.
+func (c *Config) Has(r Role) bool { return slices.Contains(c.Roles, r) }
+
+// Validate reports the first problem with c.
+func (c *Config) Validate() error {
+	if c.NodeID == "" {
+		return errors.New("node config: NodeID is required")
+	}
+	if len(c.Roles) == 0 {
+		return errors.New("node config: at least one role is required")
+	}
+	for _, r := range c.Roles {
+		if !slices.Contains(AllRoles, r) {
+			return fmt.Errorf("node config: unknown role %q", r)
+		}
+	}
+	if c.Addr == "" {
+		return errors.New("node config: Addr is required")
+	}
+	if c.Has(RolePush) && c.Auth == nil {
+		return errors.New("node config: the push role needs Auth")
+	}
+	if c.Has(RoleCollect) {
+		if len(c.APIKeys) == 0 {
+			return errors.New("node config: the collect role needs an API key")
+		}
+		for _, k := range c.APIKeys {
+			if len(k) < 16 {
+				return errors.New("node config: API keys must be at least 16 characters")
+			}
+		}
+	}
+	if (c.Has(RoleCollect) || c.Has(RolePush)) && c.Messages == nil {
+		return errors.New("node config: the collect and push roles need a message store")
+	}
+	if (c.Has(RolePush) || c.Has(RoleDispatch)) && c.Bindings == nil {
+		return errors.New("node config: the push and dispatch roles need a binding store")
+	}
+	switch {
+	case c.MaxMessageBytes < 1024 || c.MaxMessageBytes > storage.MaxDataLen:
+		return fmt.Errorf("node config: MaxMessageBytes %d is not between 1024 and %d", c.MaxMessageBytes, storage.MaxDataLen)
+	case c.DefaultTTL <= 0 || c.MaxTTL < c.DefaultTTL:
+		return fmt.Errorf("node config: need 0 < DefaultTTL (%v) <= MaxTTL (%v)", c.DefaultTTL, c.MaxTTL)
+	case c.LeaseTTL < 3*time.Millisecond:
+		return fmt.Errorf("node config: LeaseTTL %v is too short", c.LeaseTTL)
+	case c.RebindInterval < edge.UserShards*time.Millisecond:
+		return fmt.Errorf("node config: RebindInterval %v is too short", c.RebindInterval)
+	case c.SweepInterval <= 0:
+		return errors.New("node config: SweepInterval must be positive")
+	case c.DispatchQueue < 1:
+		return errors.New("node config: DispatchQueue must be at least 1")
+	case c.DrainTimeout <= 0 || c.DrainSpread < 0:
+		return errors.New("node config: DrainTimeout must be positive and DrainSpread not negative")
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+package node
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the node's own collectors (the edge registers its own).
+type metrics struct {
+	posts           *prometheus.CounterVec
+	appendSeconds   prometheus.Histogram
+	dispatchQueue   prometheus.Gauge
+	dispatchDropped prometheus.Counter
+	dispatchLatency prometheus.Histogram
+	delivered       prometheus.Counter
+	swept           prometheus.Counter
+	bindErrors      prometheus.Counter
+}
+
+func newMetrics(reg *prometheus.Registry) (*metrics, error) {
+	m := &metrics{
+		posts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_api_messages_total", Help: "POST /v1/messages by result.",
+		}, []string{"result"}),
+		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "herald_store_append_seconds", Help: "Time to store one accepted message durably.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
+		}),
+		dispatchQueue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_dispatch_queue", Help: "Stored messages waiting for dispatch.",
+		}),
+		dispatchDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_dispatch_skipped_total", Help: "Stored messages not dispatched live because the queue stayed full (they wait for replay).",
+		}),
+		dispatchLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "herald_dispatch_latency_seconds", Help: "From acceptance to queueing on the connections.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
+		}),
+		delivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_dispatch_deliveries_total", Help: "Message frames queued to local connections by dispatch.",
+		}),
+		swept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_store_expired_deleted_total", Help: "Expired messages deleted by the sweeper.",
+		}),
+		bindErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_binding_errors_total", Help: "Failed writes to the binding store (retried).",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.posts, m.appendSeconds, m.dispatchQueue, m.dispatchDropped,
+		m.dispatchLatency, m.delivered, m.swept, m.bindErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register node metrics: %w", err)
+		}
+	}
+	return m, nil
+}
