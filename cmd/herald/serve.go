@@ -1,0 +1,289 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/heraldpush/herald/node"
+	"github.com/heraldpush/herald/node/auth"
+	"github.com/heraldpush/herald/storage"
+	"github.com/heraldpush/herald/storage/embedded"
+	"github.com/heraldpush/herald/storage/memory"
+	"github.com/heraldpush/herald/storage/mongo"
+	"github.com/heraldpush/herald/storage/redis"
+)
+
+// serveSettings are the flags of "herald serve".
+type serveSettings struct {
+	config          string
+	addr            string
+	dataDir         string
+	nodeID          string
+	roles           string
+	jwtSecret       string
+	jwtPublicKey    string
+	jwtIssuer       string
+	jwtAudience     string
+	apiKeys         listFlag
+	allowedOrigins  listFlag
+	maxMessageBytes byteSize
+	defaultTTL      time.Duration
+	maxTTL          time.Duration
+	pingInterval    time.Duration
+	idleTimeout     time.Duration
+	writeQueueBytes byteSize
+	replayWindow    time.Duration
+	drainTimeout    time.Duration
+	drainSpread     time.Duration
+	logLevel        string
+	logFormat       string
+	redisURL        string
+	mongoURI        string
+	mongoDatabase   string
+	mongoWC         string
+}
+
+func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
+	d := node.DefaultConfig()
+	s := &serveSettings{maxMessageBytes: byteSize(d.MaxMessageBytes), writeQueueBytes: byteSize(d.Edge.WriteQueueBytes)}
+	fs := flag.NewFlagSet("herald serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&s.config, "config", "", "read settings from `FILE` (lines of name = value)")
+	fs.StringVar(&s.addr, "addr", d.Addr, "public HTTP `address` for /ws, /v1/..., /healthz, /readyz and /metrics")
+	fs.StringVar(&s.dataDir, "data-dir", "herald-data", "`directory` for the embedded message store and development secrets")
+	fs.StringVar(&s.nodeID, "node-id", "", "stable node `name` (default: the host name)")
+	fs.StringVar(&s.roles, "roles", "all", "`roles` to run: all, or a list of auth,collect,dispatch,push")
+	fs.StringVar(&s.jwtSecret, "jwt-secret", "", "HS256 `secret` that signs connection tokens (default: generated into the data dir, development only)")
+	fs.StringVar(&s.jwtPublicKey, "jwt-public-key", "", "PEM `file` with an RSA or P-256 public key, to verify RS256/ES256 tokens instead of HS256")
+	fs.StringVar(&s.jwtIssuer, "jwt-issuer", "", "required iss claim of tokens (`issuer`), if set")
+	fs.StringVar(&s.jwtAudience, "jwt-audience", "", "required aud claim of tokens (`audience`), if set")
+	fs.Var(&s.apiKeys, "api-key", "`keys` (comma-separated) that business systems send as Authorization: Bearer to POST /v1/messages (default: generated into the data dir, development only)")
+	fs.Var(&s.allowedOrigins, "allowed-origins", "browser `origins` allowed to connect besides this server's own host, e.g. https://app.example.com,https://*.example.com; * allows any")
+	fs.Var(&s.maxMessageBytes, "max-message-bytes", "largest message `size`: the data of a POST, and a frame from a client")
+	fs.DurationVar(&s.defaultTTL, "default-ttl", d.DefaultTTL, "how long a message is kept for replay when a POST names no ttl")
+	fs.DurationVar(&s.maxTTL, "max-ttl", d.MaxTTL, "the longest ttl a POST may ask for")
+	fs.DurationVar(&s.pingInterval, "ping-interval", d.Edge.PingInterval, "how often each connection is pinged")
+	fs.DurationVar(&s.idleTimeout, "idle-timeout", d.Edge.IdleTimeout, "close connections silent for this long")
+	fs.Var(&s.writeQueueBytes, "write-queue-bytes", "per-connection queue `size` before a client is closed as a slow consumer")
+	fs.DurationVar(&s.replayWindow, "replay-window", d.Edge.ReplayWindow, "replay also this much before a client's since, for messages that raced")
+	fs.DurationVar(&s.drainTimeout, "drain-timeout", d.DrainTimeout, "on SIGTERM, how long to wait for clients to leave before stopping")
+	fs.DurationVar(&s.drainSpread, "drain-spread", d.DrainSpread, "on SIGTERM, spread clients' reconnects over this window")
+	fs.StringVar(&s.redisURL, "redis", "", "Redis `URL` for user bindings (redis://host:6379/0; a Cluster: ?addr=host2:6379&addr=...; Sentinel: ?master_name=NAME&addr=...); default: in memory, for a single node")
+	fs.StringVar(&s.mongoURI, "mongo", "", "MongoDB `URI` for the message store (mongodb://host1,host2/?replicaSet=rs0); default: the embedded store in --data-dir")
+	fs.StringVar(&s.mongoDatabase, "mongo-database", "herald", "MongoDB `database` for the message store")
+	fs.StringVar(&s.mongoWC, "mongo-write-concern", "majority", "write `concern` a message must reach before POST answers 202: majority, or a number of members")
+	fs.StringVar(&s.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
+	fs.StringVar(&s.logFormat, "log-format", "text", "`format`: text or json")
+	fs.Usage = usage(fs, "Usage: herald serve [flags]\n\nRuns a Herald node. With no flags: every role in one process on :8080, messages in\n./herald-data, bindings in memory, and development secrets generated into ./herald-data.")
+	return fs, s
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+
+// serve runs a node until ctx ends (SIGTERM or SIGINT), then drains and
+// shuts it down.
+func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(string) string) error {
+	fs, s := serveFlags(stderr)
+	if err := parseFlags(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		fmt.Fprintln(stderr, "herald serve:", err)
+		return errUsage
+	}
+	log, err := newLogger(stderr, s.logLevel, s.logFormat)
+	if err != nil {
+		return err
+	}
+	cfg, closeStores, err := s.nodeConfig(log)
+	if err != nil {
+		return err
+	}
+	n, err := node.New(cfg)
+	if err != nil {
+		closeStores()
+		return err
+	}
+	if err := n.Start(ctx); err != nil {
+		_ = n.Shutdown(context.Background())
+		return err
+	}
+	log.Info("herald is ready", "url", "http://"+displayAddr(n.Addr()), "websocket", "ws://"+displayAddr(n.Addr())+"/ws", "version", version())
+
+	<-ctx.Done()
+	log.Info("stopping: draining connections", "timeout", s.drainTimeout)
+	drainCtx, cancel := context.WithTimeout(context.Background(), s.drainTimeout+5*time.Second)
+	defer cancel()
+	if err := n.Drain(drainCtx); err != nil {
+		log.Warn("drain incomplete", "err", err)
+	}
+	stopCtx, cancel2 := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel2()
+	return n.Shutdown(stopCtx)
+}
+
+// nodeConfig turns the settings into a node.Config, opening the stores.
+// closeStores releases them if the node is never built.
+func (s *serveSettings) nodeConfig(log *slog.Logger) (node.Config, func(), error) {
+	cfg := node.DefaultConfig()
+	noop := func() {}
+	roles, err := node.ParseRoles(s.roles)
+	if err != nil {
+		return cfg, noop, err
+	}
+	cfg.Roles = roles
+	cfg.Addr = s.addr
+	cfg.NodeID = s.nodeID
+	if cfg.NodeID == "" {
+		if cfg.NodeID, err = os.Hostname(); err != nil || cfg.NodeID == "" {
+			cfg.NodeID = "herald"
+		}
+	}
+	cfg.Logger = log
+	cfg.MaxMessageBytes = int(s.maxMessageBytes)
+	cfg.DefaultTTL, cfg.MaxTTL = s.defaultTTL, s.maxTTL
+	cfg.DrainTimeout, cfg.DrainSpread = s.drainTimeout, s.drainSpread
+	cfg.Edge.AllowedOrigins = s.allowedOrigins
+	cfg.Edge.PingInterval, cfg.Edge.IdleTimeout = s.pingInterval, s.idleTimeout
+	cfg.Edge.WriteQueueBytes = int(s.writeQueueBytes)
+	cfg.Edge.ReplayWindow = s.replayWindow
+	if err := cfg.Edge.Validate(); err != nil && !strings.Contains(err.Error(), "Auth is required") {
+		return cfg, noop, err
+	}
+
+	if cfg.Has(node.RolePush) {
+		a, err := s.authenticator(log)
+		if err != nil {
+			return cfg, noop, err
+		}
+		cfg.Auth = a
+	}
+	if cfg.Has(node.RoleCollect) {
+		cfg.APIKeys = s.apiKeys
+		if len(cfg.APIKeys) == 0 {
+			key, created, err := auth.DevSecret(s.dataDir, auth.APIKeyFile)
+			if err != nil {
+				return cfg, noop, err
+			}
+			cfg.APIKeys = []string{key}
+			log.Warn("development mode: no --api-key given; using the key in "+filepath.Join(s.dataDir, auth.APIKeyFile),
+				"created", created)
+		}
+	}
+	var closers []func() error
+	closeAll := func() {
+		for _, c := range closers {
+			_ = c()
+		}
+	}
+	if cfg.Has(node.RoleCollect) || cfg.Has(node.RolePush) {
+		m, err := s.openMessages(log)
+		if err != nil {
+			return cfg, noop, err
+		}
+		cfg.Messages = m
+		closers = append(closers, m.Close)
+	}
+	if cfg.Has(node.RolePush) || cfg.Has(node.RoleDispatch) {
+		b, err := s.openBindings(log)
+		if err != nil {
+			closeAll()
+			return cfg, noop, err
+		}
+		cfg.Bindings = b
+		closers = append(closers, b.Close)
+	}
+	return cfg, closeAll, nil
+}
+
+// openMessages opens MongoDB with --mongo, else the embedded store.
+func (s *serveSettings) openMessages(log *slog.Logger) (storage.Messages, error) {
+	if s.mongoURI == "" {
+		return embedded.Open(filepath.Join(s.dataDir, "messages"), embedded.Options{Logger: log})
+	}
+	mc := mongo.DefaultConfig()
+	mc.URI, mc.Database, mc.WriteConcern = s.mongoURI, s.mongoDatabase, s.mongoWC
+	mc.Logger = log.With("part", "mongo")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m, err := mongo.New(ctx, mc)
+	if err != nil {
+		return nil, fmt.Errorf("mongo: %w", err)
+	}
+	return m, nil
+}
+
+// openBindings opens Redis with --redis, else in-memory bindings.
+func (s *serveSettings) openBindings(log *slog.Logger) (storage.Bindings, error) {
+	if s.redisURL == "" {
+		return memory.NewBindings(nil), nil
+	}
+	rc := redis.DefaultConfig()
+	rc.URL = s.redisURL
+	rc.Logger = log.With("part", "redis")
+	b, err := redis.New(rc)
+	if err != nil {
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	return b, nil
+}
+
+// authenticator builds the token verifier, generating a development secret
+// when none is configured.
+func (s *serveSettings) authenticator(log *slog.Logger) (node.Authenticator, error) {
+	jc := auth.JWTConfig{Issuer: s.jwtIssuer, Audience: s.jwtAudience, Leeway: 30 * time.Second}
+	switch {
+	case s.jwtPublicKey != "":
+		pem, err := auth.LoadPublicKey(s.jwtPublicKey)
+		if err != nil {
+			return nil, err
+		}
+		jc.PublicKeyPEM = pem
+	case s.jwtSecret != "":
+		jc.Secret = []byte(s.jwtSecret)
+	default:
+		secret, created, err := auth.DevSecret(s.dataDir, auth.JWTSecretFile)
+		if err != nil {
+			return nil, err
+		}
+		jc.Secret = []byte(secret)
+		log.Warn("development mode: no --jwt-secret given; using the secret in "+filepath.Join(s.dataDir, auth.JWTSecretFile)+
+			"; mint tokens with: herald token --user alice", "created", created)
+	}
+	return auth.NewJWT(jc)
+}
+
+// displayAddr turns ":8080" or "[::]:8080" into "localhost:8080" for logs.
+func displayAddr(addr string) string {
+	if strings.HasPrefix(addr, ":") {
+		return "localhost" + addr
+	}
+	if strings.HasPrefix(addr, "[::]:") {
+		return "localhost" + strings.TrimPrefix(addr, "[::]")
+	}
+	if strings.HasPrefix(addr, "0.0.0.0:") {
+		return "localhost" + strings.TrimPrefix(addr, "0.0.0.0")
+	}
+	return addr
+}
