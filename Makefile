@@ -1,0 +1,38 @@
+# Herald developer commands. "make test" is the README's test command.
+GO ?= go
+STATICCHECK_VERSION := v0.8.2
+GOBIN := $(shell $(GO) env GOPATH)/bin
+
+.PHONY: run test race lint bench tidy build
+
+## run: run Herald with every role and embedded storage on :8080
+run:
+	$(GO) run ./cmd/herald
+
+## build: build bin/herald
+build:
+	$(GO) build -o bin/herald ./cmd/herald
+
+## test: everything CI runs: vet, all tests with -race, short fuzz runs
+test:
+	bash .ci/test.sh
+
+## race: the unit and integration tests with the race detector only
+race:
+	$(GO) test -race -count=1 ./...
+
+## lint: gofmt, go vet, staticcheck
+lint:
+	@unformatted="$$(gofmt -l .)"; if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	@test -x $(GOBIN)/staticcheck && $(GOBIN)/staticcheck -version | grep -q "($(patsubst v%,%,$(STATICCHECK_VERSION)))" || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(GOBIN)/staticcheck ./...
+
+## bench: the micro-benchmarks
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## tidy: fail if go.mod or go.sum are not tidy
+tidy:
+	$(GO) mod tidy
+	git diff --exit-code go.mod go.sum
