@@ -13,8 +13,9 @@ import (
 
 // Dev-mode secret files in the data directory.
 const (
-	JWTSecretFile = "jwt-secret"
-	APIKeyFile    = "api-key"
+	JWTSecretFile     = "jwt-secret"
+	APIKeyFile        = "api-key"
+	ClusterSecretFile = "cluster-secret"
 )
 
 // DevSecret returns the secret stored in dir/name, creating it with 32
