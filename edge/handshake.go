@@ -148,6 +148,9 @@ func (s *Server) open(nc net.Conn, early []byte, id Identity, since string) {
 	}
 	c.lastRead.Store(s.now())
 	c.busy = true // this goroutine owns the read side until register
+	// Everything accepted from here on reaches this connection live or by
+	// its replay, so the ready frame's cursor is this instant.
+	cursor := storage.IDAt(time.Now())
 	if since != "" {
 		c.beginHold()
 	}
@@ -164,7 +167,7 @@ func (s *Server) open(nc net.Conn, early []byte, id Identity, since string) {
 		l.Settle(ctx, c.user)
 		cancel()
 	}
-	ready := readyFrame{Type: "ready", User: c.user, Node: s.cfg.NodeID}
+	ready := readyFrame{Type: "ready", User: c.user, Node: s.cfg.NodeID, Cursor: cursor}
 	var recent map[string]struct{}
 	if since != "" {
 		n, rec, err := s.replay(c, since)

@@ -212,6 +212,7 @@ type frame struct {
 	Replayed int             `json:"replayed"`
 	URL      string          `json:"url"`
 	DelayMS  int64           `json:"delay_ms"`
+	Cursor   string          `json:"cursor"`
 }
 
 func (w *wsClient) read() frame {

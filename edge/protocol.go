@@ -68,12 +68,14 @@ func appendJSONString(dst []byte, s string) []byte {
 }
 
 // readyFrame tells the client that replay is complete and live delivery
-// has begun.
+// has begun. Cursor is a since value that covers everything from this
+// connection's start: a client that saw no message yet reconnects with it.
 type readyFrame struct {
 	Type     string `json:"type"` // "ready"
 	User     string `json:"user"`
 	Node     string `json:"node,omitempty"`
 	Replayed int    `json:"replayed"`
+	Cursor   string `json:"cursor"`
 }
 
 // reconnectFrame precedes a CloseRestart: where and when to reconnect.

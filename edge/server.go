@@ -467,8 +467,35 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.Close(CloseGoingAway, "server stopping")
 	}
 	err := s.waitEmpty(ctx)
+	s.stopLoops()
+	s.log.Info("edge stopped")
+	return err
+}
+
+// Abort drops every connection at once, without close frames, and stops,
+// as a crashed process would: clients see the TCP connection end. It is
+// for tests and chaos drills; use Drain and Shutdown otherwise.
+func (s *Server) Abort() {
+	s.life.Lock()
+	prev := s.State()
+	s.state.Store(int32(StateStopped))
+	s.life.Unlock()
+	if prev == StateStopped {
+		return
+	}
+	s.cancel()
+	s.hs.Wait()
+	if prev != StateNew {
+		s.stopLoops()
+	}
+	s.log.Info("edge aborted")
+}
+
+// stopLoops drops the connections still open, then stops the poller, the
+// workers, the ticker and the reaper, and waits for them.
+func (s *Server) stopLoops() {
 	for _, c := range s.registry.conns() {
-		c.teardown(io.ErrClosedPipe) // ctx ended first: drop the rest
+		c.teardown(io.ErrClosedPipe)
 	}
 	_ = s.poller.close()
 	s.pollWG.Wait() // no more dispatches after this
@@ -476,6 +503,4 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.workWG.Wait()
 	close(s.stop)
 	s.timerWG.Wait()
-	s.log.Info("edge stopped")
-	return err
 }

@@ -3,13 +3,17 @@
 //
 //   const h = new Herald({
 //     url: "wss://push.example.com/ws",        // default: this page's host
+//     // In a cluster, ask where the user belongs (its ring owner), so
+//     // most messages need no hop between nodes:
+//     routeURL: "https://push.example.com/v1/route", user: "alice",
 //     getToken: async () => fetchTokenFromYourBackend(),
 //     onMessage: (msg) => console.log(msg.id, msg.data, msg.ts),
 //     onState: (state, info) => console.log(state, info),  // optional
 //   });
 //   h.connect();   ...   h.close();
 //
-// It resumes after every disconnect with since=<last id seen>, drops
+// It resumes after every disconnect with since=<last id seen, or the
+// cursor of the last "ready" frame if later>, drops
 // messages it has already seen (replay may repeat a few), acks each
 // message after onMessage returns, and backs off with jitter. Close codes
 // 4000-4399 mean "reconnect"; 4400-4999 and protocol errors stop it.
@@ -25,6 +29,8 @@
         throw new Error("Herald: getToken is required");
       }
       this.url = opts.url || defaultURL();
+      this.routeURL = opts.routeURL || null;
+      this.user = opts.user || null;
       this.getToken = opts.getToken;
       this.onMessage = opts.onMessage || function () {};
       this.onState = opts.onState || function () {};
@@ -51,7 +57,12 @@
         return this.retry();
       }
       if (this.closed) return;
-      const target = new URL((this.hint && this.hint.url) || this.url, location.href);
+      let base = (this.hint && this.hint.url) || null;
+      if (!base && this.routeURL && this.user) {
+        base = await this.route();
+        if (this.closed) return;
+      }
+      const target = new URL(base || this.url, location.href);
       this.hint = null;
       if (this.lastId) target.searchParams.set("since", this.lastId);
       const ws = new WebSocket(target.toString(), [SUBPROTOCOL, "bearer." + token]);
@@ -73,6 +84,8 @@
       switch (f.type) {
         case "ready":
           this.attempt = 0;
+          // Resume from here even if no message arrives before a disconnect.
+          if (f.cursor && f.cursor > this.lastId) this.lastId = f.cursor;
           this.startHeartbeat();
           this.onState("open", { user: f.user, node: f.node, replayed: f.replayed });
           break;
@@ -91,6 +104,21 @@
           break;
         case "pong":
           break;
+      }
+    }
+
+    // route asks the cluster which node should hold the user; null on
+    // failure (the client then uses its configured url).
+    async route() {
+      try {
+        const u = new URL(this.routeURL, location.href);
+        u.searchParams.set("user", this.user);
+        const resp = await fetch(u.toString());
+        if (!resp.ok) return null;
+        const r = await resp.json();
+        return r.url || null;
+      } catch (e) {
+        return null;
       }
     }
 
