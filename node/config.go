@@ -12,7 +12,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldpush/herald/edge"
+	"github.com/heraldpush/herald/gossip"
 	"github.com/heraldpush/herald/node/auth"
+	"github.com/heraldpush/herald/node/rpc"
+	"github.com/heraldpush/herald/ring"
 	"github.com/heraldpush/herald/storage"
 )
 
@@ -65,6 +68,8 @@ type Config struct {
 	// NodeID names the node in the cluster and in bindings. It must be
 	// stable across restarts of the same machine or pod.
 	NodeID string
+	// Version is advertised to the cluster.
+	Version string
 	// Roles this node plays.
 	Roles []Role
 	// Addr is the public HTTP address (WebSocket, API, health, metrics).
@@ -112,6 +117,35 @@ type Config struct {
 	// reconnect, so they do not all come back at once.
 	DrainTimeout, DrainSpread time.Duration
 
+	// Standalone runs without gossip and internal RPC: a single node that
+	// never has peers. Otherwise the node joins a gossip cluster (of one,
+	// without seeds).
+	Standalone bool
+	// ClusterSecret authenticates node-to-node RPC and encrypts gossip;
+	// every node of a cluster has the same. Required unless Standalone.
+	ClusterSecret []byte
+	// Gossip configures membership. The node fills in Meta, ClusterSecret,
+	// Logger and Registerer.
+	Gossip gossip.Config
+	// RPCAddr is the internal RPC listen address (not the public port).
+	RPCAddr string
+	// RPC configures the internal RPC client; the node fills in Secret,
+	// Logger, Registerer and OnFailed.
+	RPC rpc.ClientConfig
+	// PublicURL is how clients reach this node, e.g. "http://10.0.0.5:8080";
+	// advertised for steering (/v1/route) and drain hints. Default: built
+	// from Addr, with the gossip advertise address when Addr has no host.
+	PublicURL string
+	// Ring configures the consistent-hash ring over the push nodes.
+	Ring ring.Config
+	// LookupTimeout bounds one binding lookup during dispatch; past it,
+	// dispatch routes by the ring.
+	LookupTimeout time.Duration
+	// DeferTimeout is how long dispatch holds deliveries for a node the
+	// binding store names but gossip has not announced yet (it just
+	// joined); past it they are skipped and wait for replay.
+	DeferTimeout time.Duration
+
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives every metric and serves /metrics; nil makes a
@@ -142,6 +176,15 @@ func DefaultConfig() Config {
 		DispatchQueue: 4096,
 		DrainTimeout:  30 * time.Second,
 		DrainSpread:   10 * time.Second,
+		Gossip:        gossip.DefaultConfig(),
+		RPCAddr:       ":7947",
+		RPC:           rpc.DefaultClientConfig(),
+		Ring:          ring.DefaultConfig(),
+		// Redis answers in well under a millisecond; a second means it is
+		// not answering, and the ring is the better guess.
+		LookupTimeout: time.Second,
+		// Gossip spreads a join across a LAN cluster in well under a second.
+		DeferTimeout: 2 * time.Second,
 	}
 }
 
@@ -164,8 +207,11 @@ func (c *Config) Validate() error {
 	if c.Addr == "" {
 		return errors.New("node config: Addr is required")
 	}
-	if c.Has(RolePush) && c.Auth == nil {
-		return errors.New("node config: the push role needs Auth")
+	if c.Has(RoleAuth) && c.Auth == nil {
+		return errors.New("node config: the auth role needs Auth (a JWT verifier or a remote auth service)")
+	}
+	if c.Has(RolePush) && c.Auth == nil && c.Standalone {
+		return errors.New("node config: a standalone push node needs Auth")
 	}
 	if c.Has(RoleCollect) {
 		if len(c.APIKeys) == 0 {
@@ -198,6 +244,21 @@ func (c *Config) Validate() error {
 		return errors.New("node config: DispatchQueue must be at least 1")
 	case c.DrainTimeout <= 0 || c.DrainSpread < 0:
 		return errors.New("node config: DrainTimeout must be positive and DrainSpread not negative")
+	case c.LookupTimeout <= 0:
+		return errors.New("node config: LookupTimeout must be positive")
+	case c.DeferTimeout < 0:
+		return errors.New("node config: DeferTimeout must not be negative")
+	}
+	if !c.Standalone {
+		if len(c.ClusterSecret) < 16 {
+			return errors.New("node config: ClusterSecret of at least 16 bytes is required in a cluster")
+		}
+		if c.RPCAddr == "" {
+			return errors.New("node config: RPCAddr is required in a cluster")
+		}
+		if err := c.Ring.Validate(); err != nil {
+			return fmt.Errorf("node config: %w", err)
+		}
 	}
 	return nil
 }

@@ -3,11 +3,13 @@ package node
 import (
 	"context"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/heraldpush/herald/edge"
+	"github.com/heraldpush/herald/storage"
 )
 
 // routes builds the public HTTP handler.
@@ -17,6 +19,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /readyz", n.readyz)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /v1/nodes", n.nodes)
+	mux.HandleFunc("GET /v1/route", n.route)
 	if n.cfg.Has(RoleCollect) {
 		mux.Handle("/v1/messages", &collector{n})
 	}
@@ -56,21 +59,37 @@ func (n *Node) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
-// nodeInfo describes a member in GET /v1/nodes.
-type nodeInfo struct {
-	ID          string `json:"id"`
-	Incarnation string `json:"incarnation"`
-	Roles       []Role `json:"roles"`
-	Addr        string `json:"addr"`
-	State       string `json:"state"`
-	Connections *int   `json:"connections,omitempty"`
+func (n *Node) nodes(w http.ResponseWriter, _ *http.Request) {
+	members := n.Members()
+	for i := range members {
+		if members[i].ID == n.self.ID && members[i].Incarnation == n.self.Incarnation {
+			members[i].Connections = n.localInfo().Connections
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"nodes": members})
 }
 
-func (n *Node) nodes(w http.ResponseWriter, _ *http.Request) {
-	info := nodeInfo{ID: n.self.ID, Incarnation: n.self.Incarnation, Roles: n.cfg.Roles, Addr: n.Addr(), State: n.State().String()}
-	if n.edge != nil {
-		c := n.edge.Connections()
-		info.Connections = &c
+// route answers which push node should hold a user: its ring owner among
+// the push nodes that are alive and not draining. Clients connect there,
+// so that the ring is right most of the time and dispatch can fall back
+// on it.
+func (n *Node) route(w http.ResponseWriter, r *http.Request) {
+	user := r.URL.Query().Get("user")
+	if err := storage.ValidateUser(user); err != nil {
+		writeAPIError(w, badRequest("bad_user", "user: %s", strings.TrimPrefix(err.Error(), storage.ErrInvalid.Error()+": ")))
+		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"nodes": []nodeInfo{info}})
+	var id, public string
+	if n.cluster == nil {
+		if n.edge != nil {
+			id, public = n.self.ID, n.public
+		}
+	} else if m, ok := n.cluster.owner(user); ok {
+		id, public = m.ID, m.PublicURL
+	}
+	if id == "" {
+		writeAPIError(w, &apiError{http.StatusServiceUnavailable, "no_push_node", "no push node is available"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"user": user, "node": id, "url": wsURL(public)})
 }

@@ -17,6 +17,12 @@ type metrics struct {
 	delivered       prometheus.Counter
 	swept           prometheus.Counter
 	bindErrors      prometheus.Counter
+	lookupErrors    prometheus.Counter
+	ringRouted      prometheus.Counter
+	forwarded       prometheus.Counter
+	forwardFailed   prometheus.Counter
+	misrouted       prometheus.Counter
+	deferred        prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -47,9 +53,28 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		bindErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_binding_errors_total", Help: "Failed writes to the binding store (retried).",
 		}),
+		lookupErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_dispatch_lookup_errors_total", Help: "Binding lookups that failed (dispatch then routes by ring).",
+		}),
+		ringRouted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_dispatch_ring_routed_total", Help: "Recipients sent to their ring owner for want of a binding (none found, or the binding store failed).",
+		}),
+		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_dispatch_forwarded_total", Help: "Deliveries queued for other push nodes.",
+		}),
+		forwardFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_dispatch_forward_failed_total", Help: "Deliveries to other nodes skipped or not acked (the messages wait for replay).",
+		}),
+		deferred: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_dispatch_deferred_total", Help: "Deliveries held for a node the binding store named before gossip did.",
+		}),
+		misrouted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_push_misrouted_total", Help: "Recipients of a delivery that had no connection here and were looked up again.",
+		}),
 	}
 	for _, c := range []prometheus.Collector{m.posts, m.appendSeconds, m.dispatchQueue, m.dispatchDropped,
-		m.dispatchLatency, m.delivered, m.swept, m.bindErrors,
+		m.dispatchLatency, m.delivered, m.swept, m.bindErrors, m.lookupErrors, m.ringRouted, m.forwarded,
+		m.forwardFailed, m.misrouted, m.deferred,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register node metrics: %w", err)

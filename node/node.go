@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +21,58 @@ import (
 	"github.com/heraldpush/herald/node/auth"
 	"github.com/heraldpush/herald/storage"
 )
+
+// NodeInfo describes a cluster member (GET /v1/nodes).
+type NodeInfo struct {
+	ID          string `json:"id"`
+	Incarnation string `json:"incarnation"`
+	Roles       []Role `json:"roles"`
+	PublicURL   string `json:"public_url,omitempty"`
+	RPCAddr     string `json:"rpc_addr,omitempty"`
+	GossipAddr  string `json:"gossip_addr,omitempty"`
+	State       string `json:"state"`
+	Version     string `json:"version,omitempty"`
+	Connections *int   `json:"connections,omitempty"`
+}
+
+func (n *Node) localInfo() NodeInfo {
+	info := NodeInfo{ID: n.self.ID, Incarnation: n.self.Incarnation, Roles: n.cfg.Roles, PublicURL: n.public,
+		State: n.State().String(), Version: n.cfg.Version}
+	if n.edge != nil {
+		c := n.edge.Connections()
+		info.Connections = &c
+	}
+	return info
+}
+
+// advertised turns a listen address into one others can reach: a missing
+// or unspecified host becomes advertiseHost, else the host name.
+func advertised(listen, advertiseHost string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = advertiseHost
+		if host == "" {
+			if h, err := os.Hostname(); err == nil {
+				host = h
+			}
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// wsURL turns a public base URL (http or https) into its WebSocket URL.
+func wsURL(public string) string {
+	switch {
+	case strings.HasPrefix(public, "https://"):
+		return "wss://" + strings.TrimPrefix(public, "https://") + "/ws"
+	case strings.HasPrefix(public, "http://"):
+		return "ws://" + strings.TrimPrefix(public, "http://") + "/ws"
+	}
+	return public + "/ws"
+}
 
 // State is a node's lifecycle state.
 type State int32
@@ -58,6 +112,9 @@ type Node struct {
 	edge     *edge.Server // push role
 	presence *presence    // push role
 	dispatch *dispatcher
+	cluster  *cluster // nil when standalone
+	auth     Authenticator
+	public   string // PublicURL, resolved at Start
 
 	ln   net.Listener
 	http *http.Server
@@ -96,12 +153,21 @@ func New(cfg Config) (*Node, error) {
 		stop: make(chan struct{}),
 	}
 	n.dispatch = newDispatcher(n)
+	n.auth = cfg.Auth
+	if !cfg.Standalone {
+		if n.cluster, err = newCluster(n); err != nil {
+			return nil, err
+		}
+		if n.auth == nil && cfg.Has(RolePush) {
+			n.auth = &clusterAuth{n: n} // verify with the cluster's auth nodes
+		}
+	}
 	if cfg.Has(RolePush) {
 		n.presence = newPresence(n, n.self)
 		ec := cfg.Edge
 		ec.NodeID = cfg.NodeID
 		ec.MaxMessageBytes = cfg.MaxMessageBytes
-		ec.Auth = edgeAuth{cfg.Auth}
+		ec.Auth = edgeAuth{n.auth}
 		ec.Replayer = cfg.Messages
 		ec.Listener = n.presence
 		ec.Logger = log.With("part", "edge")
@@ -148,6 +214,77 @@ func (n *Node) Addr() string {
 // Edge returns the WebSocket edge, or nil without the push role.
 func (n *Node) Edge() *edge.Server { return n.edge }
 
+// PublicURL is the base URL advertised to the cluster, once started.
+func (n *Node) PublicURL() string { return n.public }
+
+// RPCAddr is the internal RPC address, once started ("" when standalone).
+func (n *Node) RPCAddr() string {
+	if n.cluster == nil {
+		return ""
+	}
+	return n.cluster.server.Addr()
+}
+
+// GossipAddr is the gossip address, once started ("" when standalone).
+func (n *Node) GossipAddr() string {
+	if n.cluster == nil || n.cluster.gossip == nil {
+		return ""
+	}
+	return n.cluster.gossip.Addr()
+}
+
+// Members returns the live cluster members this node knows (itself alone
+// when standalone).
+func (n *Node) Members() []NodeInfo {
+	if n.cluster == nil {
+		return []NodeInfo{n.localInfo()}
+	}
+	var out []NodeInfo
+	for _, m := range n.cluster.all() {
+		roles := make([]Role, len(m.Roles))
+		for i, r := range m.Roles {
+			roles[i] = Role(r)
+		}
+		out = append(out, NodeInfo{ID: m.ID, Incarnation: m.Incarnation, Roles: roles,
+			PublicURL: m.PublicURL, RPCAddr: m.RPCAddr, GossipAddr: m.Addr, State: m.State, Version: m.Version})
+	}
+	return out
+}
+
+// Kill stops the node as a crash would, for tests and chaos drills: no
+// gossip leave, no close frames, no unbinding, no flushing. The process
+// state is released (goroutines stop, stores close).
+func (n *Node) Kill() {
+	n.mu.Lock()
+	if n.State() == StateStopped {
+		n.mu.Unlock()
+		return
+	}
+	prev := n.State()
+	n.state.Store(int32(StateStopped))
+	n.mu.Unlock()
+	if prev == StateNew {
+		return
+	}
+	_ = n.http.Close()
+	<-n.httpDone
+	if n.edge != nil {
+		n.edge.Abort()
+	}
+	n.dispatch.shutdown()
+	close(n.stop)
+	if n.presence != nil {
+		n.presence.abort()
+	}
+	if n.cluster != nil {
+		n.cluster.kill()
+	}
+	n.bg.Wait()
+	_ = n.cfg.Messages.Close()
+	_ = n.cfg.Bindings.Close()
+	n.log.Info("herald node killed")
+}
+
 // Start listens and starts the roles in dependency order: bindings, edge,
 // dispatch, sweeper, then the HTTP server.
 func (n *Node) Start(ctx context.Context) error {
@@ -161,6 +298,17 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", n.cfg.Addr, err)
 	}
 	n.ln = ln
+	n.public = n.cfg.PublicURL
+	if n.public == "" {
+		n.public = "http://" + advertised(ln.Addr().String(), n.cfg.Gossip.AdvertiseAddr)
+	}
+	if n.cluster != nil {
+		if err := n.cluster.start(ctx, n.public); err != nil {
+			ln.Close()
+			_ = n.cluster.shutdown(context.Background())
+			return fmt.Errorf("join cluster: %w", err)
+		}
+	}
 	if n.presence != nil {
 		if err := n.presence.start(ctx); err != nil {
 			ln.Close()
@@ -186,7 +334,8 @@ func (n *Node) Start(ctx context.Context) error {
 		}
 	}()
 	n.state.Store(int32(StateRunning))
-	n.log.Info("herald node started", "addr", ln.Addr().String(), "roles", fmt.Sprint(n.cfg.Roles), "incarnation", n.self.Incarnation)
+	n.log.Info("herald node started", "addr", ln.Addr().String(), "roles", fmt.Sprint(n.cfg.Roles),
+		"gossip", n.GossipAddr(), "rpc", n.RPCAddr(), "public_url", n.public, "incarnation", n.self.Incarnation)
 	return nil
 }
 
@@ -212,10 +361,13 @@ func (n *Node) sweep() {
 	}
 }
 
-// Drain makes the node not ready and sends its WebSocket clients to
-// reconnect elsewhere, spread over DrainSpread. The HTTP API keeps serving
-// until Shutdown. It returns when the clients are gone, DrainTimeout
-// passes, or ctx ends.
+// Drain takes the node out of service without losing a message: it
+// becomes not ready, leaves the cluster (others stop routing to it and
+// steer clients elsewhere), tells its WebSocket clients to reconnect to
+// their ring owner once this node is gone, after a random delay within
+// DrainSpread, and waits for queued deliveries to other nodes. The HTTP
+// API keeps serving until Shutdown. It returns when done, when
+// DrainTimeout passes, or when ctx ends.
 func (n *Node) Drain(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -224,15 +376,38 @@ func (n *Node) Drain(ctx context.Context) error {
 	}
 	n.state.Store(int32(StateDraining))
 	n.log.Info("draining")
-	if n.edge == nil {
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.DrainTimeout)
 	defer cancel()
-	if err := n.edge.Drain(ctx, nil, n.cfg.DrainSpread); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("drain edge: %w", err)
+	var errs []error
+	if n.cluster != nil {
+		if err := n.cluster.leave(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
+		}
 	}
-	return nil
+	if n.edge != nil {
+		if err := n.edge.Drain(ctx, n.reconnectHint, n.cfg.DrainSpread); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			errs = append(errs, fmt.Errorf("drain edge: %w", err))
+		}
+	}
+	if n.cluster != nil {
+		if err := n.cluster.rpc.Flush(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("flush deliveries: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reconnectHint is the WebSocket URL of user's ring owner once this node
+// has left, or "" to let the client choose.
+func (n *Node) reconnectHint(user string) string {
+	if n.cluster == nil {
+		return ""
+	}
+	m, ok := n.cluster.ownerWithout(user, n.self.ID)
+	if !ok || m.PublicURL == "" {
+		return ""
+	}
+	return wsURL(m.PublicURL)
 }
 
 // Shutdown stops the roles in reverse order, unbinds this node's users,
@@ -246,26 +421,41 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	}
 	n.state.Store(int32(StateStopped))
 	var errs []error
+	phase := time.Now()
+	step := func(name string) {
+		n.log.Debug("shutdown step done", "step", name, "took", time.Since(phase))
+		phase = time.Now()
+	}
 	if prev != StateNew {
 		if err := n.http.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http: %w", err))
 		}
 		<-n.httpDone
+		step("http")
 	}
 	if n.edge != nil {
 		if err := n.edge.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("edge: %w", err))
 		}
+		step("edge")
 	}
 	if prev != StateNew {
 		n.dispatch.shutdown()
 		close(n.stop)
-		n.bg.Wait()
+		step("dispatch")
 		if n.presence != nil {
 			if err := n.presence.shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("unbind: %w", err))
 			}
+			step("unbind")
 		}
+		if n.cluster != nil {
+			if err := n.cluster.shutdown(ctx); err != nil {
+				errs = append(errs, err)
+			}
+			step("cluster")
+		}
+		n.bg.Wait()
 	}
 	if n.cfg.Messages != nil {
 		if err := n.cfg.Messages.Close(); err != nil {

@@ -113,14 +113,14 @@ func TestRedisRestartedEmptyIsRepopulated(t *testing.T) {
 func TestLongLivedConnectionsStayBound(t *testing.T) {
 	t.Parallel()
 	rt := nodetest.SharedRedis(t)
-	rt.KeyTTL = time.Second
+	rt.KeyTTL = 2 * time.Second
 	n := nodetest.Start(t, nodetest.Options{Backend: nodetest.External, Redis: rt,
-		Config: func(c *node.Config) { c.RebindInterval = 300 * time.Millisecond }})
+		Config: func(c *node.Config) { c.RebindInterval = 200 * time.Millisecond }})
 	n.Connect("olga", "")
 	probe := rt.Open(t)
 	t.Cleanup(func() { probe.Close() })
 	start := time.Now()
-	for time.Since(start) < 4*time.Second { // four key lifetimes
+	for time.Since(start) < 6*time.Second { // three key lifetimes
 		got, err := probe.Lookup(context.Background(), []string{"olga"})
 		if err != nil {
 			t.Fatal(err)

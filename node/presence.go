@@ -194,6 +194,15 @@ func (p *presence) renew() {
 	}
 }
 
+// abort stops the loop without writing anything, as a crash would.
+func (p *presence) abort() {
+	p.mu.Lock()
+	p.pending = make(map[string]struct{}) // nothing more to write
+	p.mu.Unlock()
+	close(p.stop)
+	p.wg.Wait()
+}
+
 // shutdown stops the loop after a last flush, then removes whatever this
 // incarnation still has in the store.
 func (p *presence) shutdown(ctx context.Context) error {

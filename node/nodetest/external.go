@@ -36,7 +36,10 @@ func (m *MongoTarget) Open(t testing.TB) *mongo.Messages {
 	t.Helper()
 	cfg := mongo.DefaultConfig()
 	cfg.URI, cfg.Database = m.URI, m.Database
+	// A stopped server is found out fast; a slow one (FerretDB under -race,
+	// shared by parallel tests) is waited for, not taken for an outage.
 	cfg.ServerSelectionTimeout, cfg.ConnectTimeout = time.Second, time.Second
+	cfg.OperationTimeout = 30 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := mongo.New(ctx, cfg)

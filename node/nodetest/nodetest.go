@@ -12,9 +12,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,7 +41,7 @@ type Node struct {
 	Mongo    *MongoTarget     // with External
 	Redis    *RedisTarget     // with External
 	Bindings storage.Bindings // the node's binding store (closed by Shutdown)
-	stopped  bool
+	stopped  atomic.Bool
 }
 
 // Restart options: the same secrets and data as n.
@@ -134,6 +137,14 @@ func Start(t testing.TB, o Options) *Node {
 	cfg.LeaseTTL = 3 * time.Second
 	cfg.DrainTimeout = 5 * time.Second
 	cfg.DrainSpread = 100 * time.Millisecond
+	// A cluster of one, unless the test makes it more.
+	cfg.ClusterSecret = []byte(randomHex(32))
+	cfg.RPCAddr = "127.0.0.1:0"
+	cfg.Gossip.BindAddr, cfg.Gossip.BindPort = "127.0.0.1", 0
+	FastGossip(&cfg)
+	if os.Getenv("HERALD_TEST_LOG") != "" {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	if o.Config != nil {
 		o.Config(&cfg)
 	}
@@ -155,10 +166,9 @@ func Start(t testing.TB, o Options) *Node {
 
 // Stop shuts the node down (idempotent); the test fails if that fails.
 func (n *Node) Stop() {
-	if n.stopped {
+	if !n.stopped.CompareAndSwap(false, true) {
 		return
 	}
-	n.stopped = true
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := n.Shutdown(ctx); err != nil {
@@ -282,6 +292,7 @@ type Frame struct {
 	Replayed int             `json:"replayed"`
 	URL      string          `json:"url"`
 	DelayMS  int64           `json:"delay_ms"`
+	Cursor   string          `json:"cursor"`
 }
 
 // Dial connects as user with the given query (e.g. "since=...") and waits
@@ -392,4 +403,19 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+func decode(t testing.TB, body string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(body), v); err != nil {
+		t.Fatalf("decode %q: %v", body, err)
+	}
+}
+
+// testWriter sends a node's log to its test's log (HERALD_TEST_LOG=1).
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }

@@ -1,0 +1,284 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/heraldpush/herald/gossip"
+	"github.com/heraldpush/herald/node/rpc"
+	"github.com/heraldpush/herald/ring"
+	"github.com/heraldpush/herald/storage"
+)
+
+// cluster is the node's view of the other nodes: who is alive, with which
+// roles and addresses, the ring over push nodes, and the RPC peers. One
+// goroutine applies gossip events; everything else reads snapshots.
+type cluster struct {
+	n      *Node
+	gossip *gossip.Gossip
+	ring   *ring.Ring
+	rpc    *rpc.Client
+	server *rpc.Server
+
+	mu      sync.RWMutex
+	members map[string]gossip.Member // by node ID: the live incarnation
+
+	done chan struct{}
+}
+
+func newCluster(n *Node) (*cluster, error) {
+	c := &cluster{n: n, members: make(map[string]gossip.Member), done: make(chan struct{})}
+	var err error
+	if c.ring, err = ring.New(n.cfg.Ring); err != nil {
+		return nil, err
+	}
+	rc := n.cfg.RPC
+	rc.Secret = n.cfg.ClusterSecret
+	rc.Logger = n.log.With("part", "rpc")
+	rc.Registerer = n.reg
+	rc.OnFailed = n.deliveryFailed
+	if c.rpc, err = rpc.NewClient(rc); err != nil {
+		return nil, err
+	}
+	if c.server, err = rpc.NewServer(rpc.ServerConfig{
+		Addr: n.cfg.RPCAddr, Secret: n.cfg.ClusterSecret, Handler: rpcHandler{n},
+		MaxRecvMsgBytes: 64 << 20, Logger: n.log.With("part", "rpc"),
+	}); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// start serves RPC, then joins the cluster advertising it.
+func (c *cluster) start(ctx context.Context, publicURL string) error {
+	if err := c.server.Start(); err != nil {
+		return fmt.Errorf("rpc: %w", err)
+	}
+	gc := c.n.cfg.Gossip
+	gc.Meta = c.meta(publicURL, "running")
+	gc.ClusterSecret = c.n.cfg.ClusterSecret
+	gc.Logger = c.n.log.With("part", "gossip")
+	gc.Registerer = c.n.reg
+	g, err := gossip.New(gc)
+	if err != nil {
+		return err
+	}
+	if err := g.Start(ctx); err != nil {
+		_ = g.Shutdown(context.Background())
+		return fmt.Errorf("gossip: %w", err)
+	}
+	c.gossip = g
+	// The join's state exchange already told gossip about the seeds'
+	// members: take that view now, before serving, rather than waiting for
+	// the queued events (which replay it, harmlessly).
+	for _, m := range g.Members() {
+		c.apply(gossip.Event{Type: gossip.Join, Member: m})
+	}
+	c.apply(gossip.Event{Type: gossip.Join, Member: g.Local()})
+	go c.run()
+	return nil
+}
+
+func (c *cluster) meta(publicURL, state string) gossip.Meta {
+	roles := make([]string, len(c.n.cfg.Roles))
+	for i, r := range c.n.cfg.Roles {
+		roles[i] = string(r)
+	}
+	return gossip.Meta{
+		ID: c.n.self.ID, Incarnation: c.n.self.Incarnation, Roles: roles,
+		RPCAddr: c.server.Addr(), PublicURL: publicURL, Version: c.n.cfg.Version, State: state,
+	}
+}
+
+// run applies membership events until gossip shuts down.
+func (c *cluster) run() {
+	defer close(c.done)
+	for ev := range c.gossip.Events() {
+		c.apply(ev)
+	}
+}
+
+func (c *cluster) apply(ev gossip.Event) {
+	m := ev.Member
+	c.mu.Lock()
+	cur, known := c.members[m.ID]
+	switch ev.Type {
+	case gossip.Join, gossip.Update:
+		c.members[m.ID] = m // a restarted node's new incarnation replaces the old one
+		if known && cur.Incarnation != m.Incarnation {
+			c.retireLocked(cur)
+		}
+	case gossip.Leave:
+		if known && cur.Incarnation == m.Incarnation {
+			delete(c.members, m.ID)
+		}
+		c.retireLocked(m)
+	}
+	pushIDs := c.routableLocked()
+	c.mu.Unlock()
+	if ev.Type != gossip.Leave {
+		c.n.dispatch.known(m.ID)
+	}
+	if err := c.ring.Set(pushIDs); err != nil {
+		c.n.log.Error("ring update failed; keeping the previous ring", "err", err)
+	}
+	c.n.log.Debug("membership", "event", ev.Type.String(), "member", m.ID, "incarnation", m.Incarnation, "push_nodes", len(pushIDs))
+}
+
+// retireLocked forgets an incarnation that left or was replaced: its RPC
+// peer is closed and, if this node is the designated survivor, its
+// bindings are purged so nobody waits for its lease to expire.
+func (c *cluster) retireLocked(m gossip.Member) {
+	if m.ID == c.n.self.ID && m.Incarnation == c.n.self.Incarnation {
+		return
+	}
+	if m.RPCAddr != "" {
+		if cur, ok := c.members[m.ID]; !ok || cur.RPCAddr != m.RPCAddr {
+			go c.rpc.Remove(m.RPCAddr)
+		}
+	}
+	if !m.HasRole(string(RolePush)) || c.n.cfg.Bindings == nil || !c.survivorLocked() {
+		return
+	}
+	dead := storage.Node{ID: m.ID, Incarnation: m.Incarnation}
+	c.n.bg.Add(1)
+	go func() {
+		defer c.n.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		removed, err := c.n.cfg.Bindings.Purge(ctx, dead)
+		if err != nil {
+			c.n.log.Warn("purging a departed node's bindings failed; they expire with its lease", "node", dead.String(), "err", err)
+			return
+		}
+		c.n.log.Info("purged a departed node's bindings", "node", dead.String(), "bindings", removed)
+	}()
+}
+
+// survivorLocked reports whether this node is the one that cleans up after
+// departed nodes: the live node with a binding store and the lowest ID.
+func (c *cluster) survivorLocked() bool {
+	for id, m := range c.members {
+		if id < c.n.self.ID && (m.HasRole(string(RolePush)) || m.HasRole(string(RoleDispatch))) {
+			return false
+		}
+	}
+	return true
+}
+
+// routableLocked lists the live push nodes, which new clients may be
+// steered to. (A draining node leaves gossip first, so it is not one.)
+func (c *cluster) routableLocked() []string {
+	var ids []string
+	for id, m := range c.members {
+		if m.HasRole(string(RolePush)) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// member returns the live member with id.
+func (c *cluster) member(id string) (gossip.Member, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	m, ok := c.members[id]
+	return m, ok
+}
+
+// withRole returns the live members with role, sorted by ID.
+func (c *cluster) withRole(r Role) []gossip.Member {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []gossip.Member
+	for _, m := range c.members {
+		if m.HasRole(string(r)) {
+			out = append(out, m)
+		}
+	}
+	slices.SortFunc(out, func(a, b gossip.Member) int {
+		switch {
+		case a.ID < b.ID:
+			return -1
+		case a.ID > b.ID:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// all returns every live member, sorted by ID.
+func (c *cluster) all() []gossip.Member {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]gossip.Member, 0, len(c.members))
+	for _, m := range c.members {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// owner returns the ring owner of user among routable push nodes.
+func (c *cluster) owner(user string) (gossip.Member, bool) {
+	id, ok := c.ring.Snapshot().Owner(user)
+	if !ok {
+		return gossip.Member{}, false
+	}
+	return c.member(id)
+}
+
+// ownerWithout returns user's ring owner once node id has left.
+func (c *cluster) ownerWithout(user, id string) (gossip.Member, bool) {
+	s, err := c.ring.Snapshot().Without(id)
+	if err != nil {
+		return gossip.Member{}, false
+	}
+	owner, ok := s.Owner(user)
+	if !ok {
+		return gossip.Member{}, false
+	}
+	return c.member(owner)
+}
+
+// leave says goodbye to the cluster.
+func (c *cluster) leave(ctx context.Context) error {
+	return c.gossip.Leave(ctx)
+}
+
+// kill stops RPC and gossip without a goodbye, as a crash would.
+func (c *cluster) kill() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // no grace: stop at once
+	_ = c.server.Shutdown(ctx)
+	_ = c.rpc.Close(ctx)
+	if c.gossip != nil {
+		_ = c.gossip.Shutdown(ctx) // without Leave: the others detect a failure
+		<-c.done
+	}
+}
+
+// shutdown stops RPC and gossip and waits for the event loop.
+func (c *cluster) shutdown(ctx context.Context) error {
+	var errs []error
+	if err := c.rpc.Close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("rpc client: %w", err))
+	}
+	if err := c.server.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("rpc server: %w", err))
+	}
+	if c.gossip != nil {
+		if err := c.gossip.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("gossip: %w", err))
+		}
+		<-c.done
+	}
+	return errors.Join(errs...)
+}
