@@ -43,5 +43,6 @@ done <<'TARGETS'
 ./edge FuzzClientFrames
 ./edge FuzzDecodeClientMessage
 ./node FuzzDecodePost
+./gossip FuzzDecodeMeta
 TARGETS
 echo "== all tests passed"

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -22,14 +23,16 @@ import (
 func listen(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) error {
 	fs := flag.NewFlagSet("herald listen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var rawURL, user, tok, since, dataDir, config string
+	var rawURL, user, tok, since, dataDir, config, secret, route string
 	fs.StringVar(&config, "config", "", "read settings from `FILE` (lines of name = value)")
 	fs.StringVar(&rawURL, "url", "ws://localhost:8080/ws", "the node's WebSocket `URL`")
 	fs.StringVar(&user, "user", "", "connect as this user `ID`, with a token signed by the development secret")
 	fs.StringVar(&tok, "token", "", "connect with this `token` instead of --user")
 	fs.StringVar(&since, "since", "", "replay stored messages after this message `ID` first")
 	fs.StringVar(&dataDir, "data-dir", "herald-data", "`directory` holding the development secret (with --user)")
-	fs.Usage = usage(fs, "Usage: herald listen --user ID [--url ws://host:8080/ws] [--since ID]\n\nConnects as a user and prints each frame that arrives as one JSON line, acking\nmessages. For trying Herald out; stop it with Ctrl-C.")
+	fs.StringVar(&secret, "jwt-secret", "", "HS256 `secret` to sign the --user token with (default: the development secret in the data dir)")
+	fs.StringVar(&route, "route", "", "ask /v1/route of these `nodes` (comma-separated, tried in turn; or a load balancer) where the user belongs, e.g. http://127.0.0.1:8081, and connect there instead of --url")
+	fs.Usage = usage(fs, "Usage: herald listen --user ID [--url ws://host:8080/ws | --route http://host:8080] [--since ID]\n\nConnects as a user and prints each frame that arrives as one JSON line, acking\nmessages. Like a real client it follows reconnect hints and resumes with since\nafter a disconnect. For trying Herald out; stop it with Ctrl-C.")
 	if err := parseFlags(fs, args, getenv); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -42,27 +45,94 @@ func listen(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 			fmt.Fprintln(stderr, "herald listen: give --user or --token")
 			return errUsage
 		}
-		secret, err := auth.ReadDevSecret(dataDir, auth.JWTSecretFile)
-		if err != nil {
-			return err
+		var err error
+		if secret == "" {
+			if secret, err = auth.ReadDevSecret(dataDir, auth.JWTSecretFile); err != nil {
+				return err
+			}
 		}
 		if tok, err = auth.Mint([]byte(secret), user, time.Hour); err != nil {
 			return err
 		}
 	}
+	if route != "" {
+		if user == "" {
+			fmt.Fprintln(stderr, "herald listen: --route needs --user")
+			return errUsage
+		}
+		var err error
+		if rawURL, err = lookupRoute(ctx, route, user); err != nil {
+			return err
+		}
+	}
+	// Stay connected like a real client: follow the server's reconnect hints
+	// (after their delay), resume with since, back off on errors.
+	last := since
+	seen := newSeenSet(2048)
+	target := rawURL
+	backoff := 500 * time.Millisecond
+	for {
+		hint, delay, err := listenOnce(ctx, target, tok, &last, seen, stdout)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, errStop):
+			return nil
+		case err == nil && hint != "":
+			fmt.Fprintf(stderr, "herald listen: the node is restarting; reconnecting to %s in %v\n", hint, delay)
+			target, backoff = hint, 500*time.Millisecond
+			sleepCtx(ctx, delay)
+			continue
+		case err != nil && !errors.Is(err, errReconnect):
+			return err
+		}
+		fmt.Fprintf(stderr, "herald listen: disconnected (%v); reconnecting in %v\n", err, backoff)
+		sleepCtx(ctx, backoff)
+		backoff = min(2*backoff, 15*time.Second)
+		if route != "" {
+			if r, err := lookupRoute(ctx, route, user); err == nil {
+				target = r
+			}
+		}
+	}
+}
+
+var (
+	errStop      = errors.New("stop")
+	errReconnect = errors.New("reconnect")
+)
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// listenOnce runs one connection, printing frames and acking messages, and
+// keeps *last at the resume point. It returns a reconnect hint and delay
+// when the server drains; errReconnect for closes a client should retry;
+// errStop when done.
+func listenOnce(ctx context.Context, rawURL, tok string, last *string, seen *seenSet, stdout io.Writer) (string, time.Duration, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return fmt.Errorf("url: %w", err)
+		return "", 0, fmt.Errorf("url: %w", err)
 	}
-	if since != "" {
+	if *last != "" {
 		q := u.Query()
-		q.Set("since", since)
+		q.Set("since", *last)
 		u.RawQuery = q.Encode()
 	}
 	d := ws.Dialer{Timeout: 10 * time.Second, Header: ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + tok}})}
 	conn, br, _, err := d.Dial(ctx, u.String())
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", u.Redacted(), err)
+		var se ws.StatusError
+		if errors.As(err, &se) && (int(se) == http.StatusUnauthorized || int(se) == http.StatusBadRequest) {
+			return "", 0, fmt.Errorf("connect to %s: %w", u.Redacted(), err)
+		}
+		return "", 0, fmt.Errorf("%w: connect to %s: %v", errReconnect, u.Redacted(), err)
 	}
 	defer conn.Close()
 	// Frames that arrived with the handshake response wait in br.
@@ -73,33 +143,117 @@ func listen(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 			io.Writer
 		}{io.MultiReader(br, conn), conn}
 	}
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() { // Ctrl-C: say goodbye properly
-		<-ctx.Done()
+		select {
+		case <-ctx.Done():
+		case <-stop:
+			return
+		}
 		_ = ws.WriteFrame(conn, ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, "bye"))))
 		_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 	}()
+	var hint string
+	var delay time.Duration
 	for {
 		data, err := wsutil.ReadServerText(rw)
 		if err != nil {
 			var ce wsutil.ClosedError
-			if errors.As(err, &ce) {
-				if ctx.Err() != nil || ce.Code == ws.StatusNormalClosure {
-					return nil
-				}
-				return fmt.Errorf("server closed the connection: %d %s", ce.Code, ce.Reason)
+			switch {
+			case ctx.Err() != nil:
+				return "", 0, errStop
+			case errors.As(err, &ce) && ce.Code == 4000:
+				return hint, delay, nil
+			case errors.As(err, &ce) && (ce.Code >= 4400 || ce.Code < 4000 && ce.Code != ws.StatusGoingAway && ce.Code != ws.StatusInternalServerError):
+				return "", 0, fmt.Errorf("server closed the connection: %d %s", ce.Code, ce.Reason)
 			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("read: %w", err)
+			return "", 0, fmt.Errorf("%w: %v", errReconnect, err)
 		}
-		fmt.Fprintln(stdout, string(data))
-		var f struct{ Type, ID string }
-		if json.Unmarshal(data, &f) == nil && f.Type == "message" {
+		var f struct {
+			Type, ID, Cursor, URL string
+			DelayMS               int64 `json:"delay_ms"`
+		}
+		if json.Unmarshal(data, &f) != nil {
+			fmt.Fprintln(stdout, string(data))
+			continue
+		}
+		// A replay may repeat recent messages: drop repeats, as clients must.
+		if f.Type != "message" || seen.add(f.ID) {
+			fmt.Fprintln(stdout, string(data))
+		}
+		switch f.Type {
+		case "message":
+			if f.ID > *last {
+				*last = f.ID
+			}
 			ack, _ := json.Marshal(map[string]string{"type": "ack", "id": f.ID})
 			if err := wsutil.WriteClientText(conn, ack); err != nil {
-				return fmt.Errorf("ack: %w", err)
+				return "", 0, fmt.Errorf("%w: ack: %v", errReconnect, err)
 			}
+		case "ready":
+			if f.Cursor > *last {
+				*last = f.Cursor
+			}
+		case "reconnect":
+			hint, delay = f.URL, time.Duration(f.DelayMS)*time.Millisecond
 		}
 	}
+}
+
+// lookupRoute asks the first node of a comma-separated list that answers
+// which node should hold user.
+func lookupRoute(ctx context.Context, bases, user string) (string, error) {
+	var errs []error
+	for _, base := range strings.Split(bases, ",") {
+		u, err := routeOnce(ctx, strings.TrimSpace(base), user)
+		if err == nil {
+			return u, nil
+		}
+		errs = append(errs, err)
+	}
+	return "", errors.Join(errs...)
+}
+
+func routeOnce(ctx context.Context, base, user string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		strings.TrimSuffix(base, "/")+"/v1/route?user="+url.QueryEscape(user), nil)
+	if err != nil {
+		return "", fmt.Errorf("route: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("route: %w", err)
+	}
+	defer resp.Body.Close()
+	var r struct{ URL string }
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&r) != nil || r.URL == "" {
+		return "", fmt.Errorf("route: %s answered %s", base, resp.Status)
+	}
+	return r.URL, nil
+}
+
+// seenSet remembers the last n message IDs.
+type seenSet struct {
+	ids   map[string]struct{}
+	order []string
+	n     int
+}
+
+func newSeenSet(n int) *seenSet { return &seenSet{ids: make(map[string]struct{}, n), n: n} }
+
+// add records id and reports whether it is new.
+func (s *seenSet) add(id string) bool {
+	if _, ok := s.ids[id]; ok {
+		return false
+	}
+	s.ids[id] = struct{}{}
+	s.order = append(s.order, id)
+	if len(s.order) > s.n {
+		delete(s.ids, s.order[0])
+		s.order = s.order[1:]
+	}
+	return true
 }

@@ -108,10 +108,11 @@ func TestIssueFlagsExist(t *testing.T) {
 
 // process is a running herald binary.
 type process struct {
-	cmd  *exec.Cmd
-	addr string
-	log  *syncBuffer
-	done chan error
+	cmd    *exec.Cmd
+	addr   string
+	gossip string
+	log    *syncBuffer
+	done   chan error
 }
 
 // syncBuffer is a bytes.Buffer for one writer goroutine and other readers.
@@ -132,7 +133,10 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var addrRE = regexp.MustCompile(`msg="herald node started".* addr=([0-9.:]+)`)
+var (
+	addrRE   = regexp.MustCompile(`msg="herald node started".* addr=([0-9.:]+)`)
+	gossipRE = regexp.MustCompile(`msg="herald node started".* gossip=([0-9.:]+)`)
+)
 
 func startBinary(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
@@ -149,6 +153,9 @@ func startBinary(t *testing.T, bin string, args ...string) *process {
 			line := sc.Text()
 			p.log.WriteString(line + "\n")
 			if m := addrRE.FindStringSubmatch(line); m != nil {
+				if g := gossipRE.FindStringSubmatch(line); g != nil {
+					p.gossip = g[1]
+				}
 				addrCh <- m[1]
 			}
 		}
@@ -280,5 +287,78 @@ func testBinary(t *testing.T, bin string, extra ...string) {
 	_, b, err := c2.Read(ctx)
 	if err != nil || !strings.Contains(string(b), second) {
 		t.Fatalf("replay after restart: %s %v", b, err)
+	}
+}
+
+// TestSplitRolesAsProcesses runs each role as its own process of the built
+// binary: they find each other by gossip, the push node has no token
+// verifier and asks the auth node, the collect node hands messages to the
+// dispatch node.
+func TestSplitRolesAsProcesses(t *testing.T) {
+	t.Parallel()
+	bin := buildBinary(t)
+	r := redistest.Start(t)
+	m := mongotest.Start(t)
+	secret, jwt, key := "cluster-secret-for-the-split-test", "jwt-secret-for-the-split-test-0123", "api-key-for-the-split-test"
+	common := []string{"--addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0", "--rpc-addr", "127.0.0.1:0",
+		"--cluster-secret", secret, "--mongo-database", "split"}
+	start := func(join string, args ...string) *process {
+		all := append(append([]string{"--data-dir", t.TempDir()}, common...), args...)
+		if join != "" {
+			all = append(all, "--join", join)
+		}
+		return startBinary(t, bin, all...)
+	}
+	authP := start("", "--node-id", "a1", "--roles", "auth", "--jwt-secret", jwt)
+	join := authP.gossip
+	collect := start(join, "--node-id", "c1", "--roles", "collect", "--api-key", key, "--mongo", m.URI())
+	start(join, "--node-id", "d1", "--roles", "dispatch", "--redis", r.URL())
+	push := start(join, "--node-id", "p1", "--roles", "push", "--redis", r.URL(), "--mongo", m.URI())
+
+	// Every node sees the four.
+	for _, p := range []*process{authP, collect, push} {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			resp, err := http.Get("http://" + p.addr + "/v1/nodes")
+			var v struct{ Nodes []struct{ ID string } }
+			if err == nil {
+				json.NewDecoder(resp.Body).Decode(&v)
+				resp.Body.Close()
+			}
+			if len(v.Nodes) == 4 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s sees %d nodes", p.addr, len(v.Nodes))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	tok, err := exec.Command(bin, "token", "--user", "alice", "--jwt-secret", jwt).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws://"+push.addr+"/ws?token="+strings.TrimSpace(string(tok)), nil)
+	if err != nil {
+		t.Fatalf("connect to the push node (token checked by the auth node): %v", err)
+	}
+	defer c.CloseNow()
+	if _, b, err := c.Read(ctx); err != nil || !strings.Contains(string(b), `"ready"`) {
+		t.Fatalf("ready: %s %v", b, err)
+	}
+	req, _ := http.NewRequest("POST", "http://"+collect.addr+"/v1/messages", strings.NewReader(`{"to":["alice"],"data":"split roles"}`))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("post to the collect node: %d", resp.StatusCode)
+	}
+	if _, b, err := c.Read(ctx); err != nil || !strings.Contains(string(b), `"split roles"`) {
+		t.Fatalf("message through collect -> dispatch -> push: %s %v", b, err)
 	}
 }

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -49,6 +51,15 @@ type serveSettings struct {
 	mongoURI        string
 	mongoDatabase   string
 	mongoWC         string
+	clusterSecret   string
+	join            listFlag
+	gossipAddr      string
+	gossipAdvertise string
+	rpcAddr         string
+	publicURL       string
+	authURL         string
+	authSecret      string
+	standalone      bool
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
@@ -80,6 +91,15 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&s.mongoURI, "mongo", "", "MongoDB `URI` for the message store (mongodb://host1,host2/?replicaSet=rs0); default: the embedded store in --data-dir")
 	fs.StringVar(&s.mongoDatabase, "mongo-database", "herald", "MongoDB `database` for the message store")
 	fs.StringVar(&s.mongoWC, "mongo-write-concern", "majority", "write `concern` a message must reach before POST answers 202: majority, or a number of members")
+	fs.StringVar(&s.clusterSecret, "cluster-secret", "", "shared `secret` of the cluster: authenticates node-to-node RPC and encrypts gossip (default: generated into the data dir, a cluster of one)")
+	fs.Var(&s.join, "join", "gossip `addresses` (host:port, comma-separated) of nodes to join; may include this node and nodes that are down")
+	fs.StringVar(&s.gossipAddr, "gossip-addr", ":7946", "gossip `address` (TCP and UDP)")
+	fs.StringVar(&s.gossipAdvertise, "gossip-advertise", "", "`IP` other nodes reach this one at, when the bind address is not it (default: the bind address, or the first private IP)")
+	fs.StringVar(&s.rpcAddr, "rpc-addr", ":7947", "internal RPC `address` for node-to-node delivery; keep it off the public network")
+	fs.StringVar(&s.publicURL, "public-url", "", "`URL` clients reach this node at, e.g. http://push1.example.com:8080, for steering and reconnect hints (default: http://<advertised host>:<port of --addr>)")
+	fs.StringVar(&s.authURL, "auth-url", "", "remote auth service `URL` that verifies connection tokens (contract in docs/CLUSTER.md), instead of JWT")
+	fs.StringVar(&s.authSecret, "auth-secret", "", "`secret` sent to --auth-url as Authorization: Bearer")
+	fs.BoolVar(&s.standalone, "standalone", false, "run without gossip and internal RPC: one node that never has peers")
 	fs.StringVar(&s.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
 	fs.StringVar(&s.logFormat, "log-format", "text", "`format`: text or json")
 	fs.Usage = usage(fs, "Usage: herald serve [flags]\n\nRuns a Herald node. With no flags: every role in one process on :8080, messages in\n./herald-data, bindings in memory, and development secrets generated into ./herald-data.")
@@ -172,8 +192,12 @@ func (s *serveSettings) nodeConfig(log *slog.Logger) (node.Config, func(), error
 		return cfg, noop, err
 	}
 
-	if cfg.Has(node.RolePush) {
-		a, err := s.authenticator(log)
+	cfg.Version = version()
+	if err := s.clusterConfig(&cfg, log); err != nil {
+		return cfg, noop, err
+	}
+	if cfg.Has(node.RoleAuth) || cfg.Has(node.RolePush) {
+		a, err := s.authenticator(cfg, log)
 		if err != nil {
 			return cfg, noop, err
 		}
@@ -249,9 +273,56 @@ func (s *serveSettings) openBindings(log *slog.Logger) (storage.Bindings, error)
 	return b, nil
 }
 
-// authenticator builds the token verifier, generating a development secret
-// when none is configured.
-func (s *serveSettings) authenticator(log *slog.Logger) (node.Authenticator, error) {
+// clusterConfig fills in the cluster settings.
+func (s *serveSettings) clusterConfig(cfg *node.Config, log *slog.Logger) error {
+	cfg.Standalone = s.standalone
+	if s.standalone {
+		return nil
+	}
+	secret := s.clusterSecret
+	if secret == "" {
+		var created bool
+		var err error
+		if secret, created, err = auth.DevSecret(s.dataDir, auth.ClusterSecretFile); err != nil {
+			return err
+		}
+		log.Warn("development mode: no --cluster-secret given; using the one in "+filepath.Join(s.dataDir, auth.ClusterSecretFile)+
+			"; every node of a cluster needs the same --cluster-secret", "created", created)
+	}
+	cfg.ClusterSecret = []byte(secret)
+	host, port, err := net.SplitHostPort(s.gossipAddr)
+	if err != nil {
+		return fmt.Errorf("--gossip-addr %q: %w", s.gossipAddr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p > 65535 {
+		return fmt.Errorf("--gossip-addr %q: bad port", s.gossipAddr)
+	}
+	cfg.Gossip.BindAddr, cfg.Gossip.BindPort = host, p
+	if cfg.Gossip.BindAddr == "" {
+		cfg.Gossip.BindAddr = "0.0.0.0"
+	}
+	cfg.Gossip.AdvertiseAddr = s.gossipAdvertise
+	cfg.Gossip.Seeds = s.join
+	cfg.RPCAddr = s.rpcAddr
+	cfg.PublicURL = strings.TrimSuffix(s.publicURL, "/")
+	return nil
+}
+
+// authenticator builds the token verifier: the remote auth service with
+// --auth-url; else JWT with the configured key or secret, generating a
+// development secret on a node with the auth role; else nil, and a push
+// node asks the cluster's auth nodes.
+func (s *serveSettings) authenticator(cfg node.Config, log *slog.Logger) (node.Authenticator, error) {
+	if s.authURL != "" {
+		rc := auth.DefaultRemoteConfig()
+		rc.URL, rc.Secret = s.authURL, s.authSecret
+		return auth.NewRemote(rc)
+	}
+	if s.jwtPublicKey == "" && s.jwtSecret == "" && !cfg.Has(node.RoleAuth) && !cfg.Standalone {
+		log.Info("no token verifier here: tokens are checked by the cluster's auth nodes")
+		return nil, nil
+	}
 	jc := auth.JWTConfig{Issuer: s.jwtIssuer, Audience: s.jwtAudience, Leeway: 30 * time.Second}
 	switch {
 	case s.jwtPublicKey != "":
