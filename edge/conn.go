@@ -33,7 +33,7 @@ const (
 // file descriptor is never touched.
 type Conn struct {
 	srv     *Server
-	nc      net.Conn
+	nc      net.Conn // nil when the edge owns the bare descriptor (epoll)
 	fd      int
 	gen     uint32 // distinguishes this Conn from a later one on the same fd
 	user    string
@@ -105,8 +105,18 @@ func protocolError(format string, args ...any) *closeError {
 // User is the connection's user ID.
 func (c *Conn) User() string { return c.user }
 
-// RemoteAddr is the client's address.
-func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+// RemoteAddr is the client's address (nil once closed).
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.nc != nil {
+		return c.nc.RemoteAddr()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateClosed {
+		return nil
+	}
+	return sysPeerAddr(c.fd)
+}
 
 func (c *Conn) isClosed() bool {
 	c.mu.Lock()
@@ -118,9 +128,14 @@ func (c *Conn) isClosed() bool {
 
 // onReadable reads what the socket has and handles every complete frame.
 // It runs on the goroutine that owns the read side; buf is that goroutine's
-// scratch buffer.
-func (c *Conn) onReadable(buf []byte) {
-	for range 4 { // then let other connections have the worker
+// scratch buffer. It reads until the socket is drained (the epoll poller
+// is edge-triggered: no event comes for data already there) or a budget
+// is spent, and then reports more=true so the caller comes back.
+func (c *Conn) onReadable(buf []byte) (more bool) {
+	for i := 0; ; i++ {
+		if i == 16 {
+			return true // let the worker's other connections have a turn
+		}
 		dst, own := buf, false
 		if rs := c.rs; rs != nil && len(rs.buf) > 0 {
 			if cap(rs.buf)-len(rs.buf) >= 512 {
@@ -130,29 +145,29 @@ func (c *Conn) onReadable(buf []byte) {
 		c.mu.Lock()
 		if c.state == stateClosed {
 			c.mu.Unlock()
-			return
+			return false
 		}
 		n, err := sysRead(c.fd, dst)
 		c.mu.Unlock()
 		switch {
 		case err == syscall.EAGAIN:
-			return
+			return false
 		case err == syscall.EINTR:
 			continue
 		case err != nil:
 			c.teardown(err)
-			return
+			return false
 		case n == 0:
 			c.teardown(io.EOF)
-			return
+			return false
 		}
 		c.lastRead.Store(c.srv.now())
 		c.srv.metrics.bytesIn.Add(float64(n))
 		if !c.feed(dst[:n], own) {
-			return
+			return false
 		}
 		if n < len(dst) {
-			return // the socket is drained
+			return false // drained; new data brings a new event
 		}
 	}
 }
@@ -577,7 +592,11 @@ func (c *Conn) teardown(cause error) {
 	if c.registered {
 		c.srv.poller.remove(c)
 	}
-	_ = c.nc.Close()
+	if c.nc != nil {
+		_ = c.nc.Close()
+	} else {
+		_ = sysClose(c.fd)
+	}
 	c.wq, c.wbytes = nil, 0
 	registered := c.registered
 	c.mu.Unlock()

@@ -50,8 +50,17 @@ func FuzzDecodeClientMessage(f *testing.F) {
 	for _, s := range []string{`{"type":"ack","id":"x"}`, `{"type":"ping"}`, `{"type":"ack"}`, `[]`, `{"type":1}`, `nul`} {
 		f.Add([]byte(s))
 	}
+	f.Add([]byte(`{"type":"ack","id":"01m8aq8msv000025ptet"}`))
+	f.Add([]byte(`{"type":"ack","id":"a\"b"}`))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		m, err := decodeClientMessage(p)
+		// The fast path agrees with encoding/json wherever it answers.
+		if fast, ok := decodeAck(p); ok {
+			var slow clientMessage
+			if jerr := json.Unmarshal(p, &slow); jerr != nil || slow != fast {
+				t.Fatalf("fast ack %+v, encoding/json %+v %v for %q", fast, slow, jerr, p)
+			}
+		}
 		if err != nil {
 			return
 		}

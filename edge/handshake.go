@@ -136,13 +136,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // open makes an upgraded connection live and runs its replay.
 func (s *Server) open(nc net.Conn, early []byte, id Identity, since string) {
-	fd, err := socketFD(nc)
+	fd, keep, err := s.poller.detach(nc)
 	if err != nil {
-		s.log.Error("upgraded connection has no socket", "err", err)
+		s.log.Error("upgraded connection has no usable socket", "err", err)
 		_ = nc.Close()
 		return
 	}
-	c := &Conn{srv: s, nc: nc, fd: fd, gen: s.gen.Add(1), user: id.User, slot: -1}
+	c := &Conn{srv: s, nc: keep, fd: fd, gen: s.gen.Add(1), user: id.User, slot: -1}
 	if !id.Expires.IsZero() {
 		c.expires = uint32(min(id.Expires.Unix(), 1<<32-1))
 	}

@@ -8,10 +8,11 @@ import (
 
 // poller tells the Server which connections are readable or writable.
 //
-// Registrations are one-shot: after a connection's event is delivered, the
-// poller reports nothing more for it until rearm, so only one worker ever
-// handles a connection at a time. All methods but run and close are called
-// with the Conn's mutex held.
+// A poller may deliver a connection's events while a worker handles it;
+// the Server's busy flag queues them, so one worker at a time handles a
+// connection. After handling, the Server calls rearm (which a one-shot
+// poller needs and an edge-triggered one ignores). All methods but run,
+// close and detach are called with the Conn's mutex held.
 type poller interface {
 	// add registers c, waiting for readability (and writability if out).
 	add(c *Conn, out bool) error
@@ -24,6 +25,10 @@ type poller interface {
 	run(handle func(c *Conn, ev event))
 	// close stops run.
 	close() error
+	// detach takes an upgraded connection's socket: it returns the file
+	// descriptor the Conn uses and the net.Conn to keep, if the poller
+	// needs one (nil when the descriptor is all there is).
+	detach(nc net.Conn) (fd int, keep net.Conn, err error)
 }
 
 // event is what a poller reports about a connection.

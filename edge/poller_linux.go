@@ -5,19 +5,23 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
 // epollPoller is the Linux poller: one epoll instance, one goroutine waiting
-// on it, one-shot registrations.
+// on it, edge-triggered registrations made once. A connection reports an
+// edge when new data arrives or, after a write hit EAGAIN, when room
+// frees up; the Server's busy flag keeps one worker per connection, and
+// workers read until EAGAIN. Nothing is re-armed: no epoll_ctl per event.
 type epollPoller struct {
 	epfd   int
 	wakefd int // an eventfd that wakes run for close
 
 	mu    sync.RWMutex
-	conns map[int32]*Conn // by fd
+	conns []*Conn // by file descriptor
 
 	closeOnce sync.Once
 }
@@ -41,22 +45,22 @@ func newPoller(portable bool) (poller, error) {
 		unix.Close(wakefd)
 		return nil, fmt.Errorf("epoll_ctl add eventfd: %w", err)
 	}
-	return &epollPoller{epfd: epfd, wakefd: wakefd, conns: make(map[int32]*Conn)}, nil
+	return &epollPoller{epfd: epfd, wakefd: wakefd}, nil
 }
 
-func epollMask(out bool) uint32 {
-	m := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT)
-	if out {
-		m |= unix.EPOLLOUT
-	}
-	return m
-}
+// epollEvents is every registration's mask.
+const epollEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
-func (p *epollPoller) add(c *Conn, out bool) error {
+func (p *epollPoller) add(c *Conn, _ bool) error {
 	p.mu.Lock()
-	p.conns[int32(c.fd)] = c
+	if c.fd >= len(p.conns) {
+		grown := make([]*Conn, max(c.fd+1, 2*len(p.conns), 1024))
+		copy(grown, p.conns)
+		p.conns = grown
+	}
+	p.conns[c.fd] = c
 	p.mu.Unlock()
-	ev := unix.EpollEvent{Events: epollMask(out), Fd: int32(c.fd), Pad: int32(c.gen)}
+	ev := unix.EpollEvent{Events: epollEvents, Fd: int32(c.fd), Pad: int32(c.gen)}
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
 		p.forget(c)
 		return fmt.Errorf("epoll_ctl add: %w", err)
@@ -64,13 +68,8 @@ func (p *epollPoller) add(c *Conn, out bool) error {
 	return nil
 }
 
-func (p *epollPoller) rearm(c *Conn, out bool) error {
-	ev := unix.EpollEvent{Events: epollMask(out), Fd: int32(c.fd), Pad: int32(c.gen)}
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev); err != nil {
-		return fmt.Errorf("epoll_ctl mod: %w", err)
-	}
-	return nil
-}
+// rearm does nothing: registrations are edge-triggered and permanent.
+func (p *epollPoller) rearm(*Conn, bool) error { return nil }
 
 func (p *epollPoller) remove(c *Conn) {
 	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, c.fd, nil) // fails harmlessly if never added
@@ -79,10 +78,30 @@ func (p *epollPoller) remove(c *Conn) {
 
 func (p *epollPoller) forget(c *Conn) {
 	p.mu.Lock()
-	if p.conns[int32(c.fd)] == c {
-		delete(p.conns, int32(c.fd))
+	if c.fd < len(p.conns) && p.conns[c.fd] == c {
+		p.conns[c.fd] = nil
 	}
 	p.mu.Unlock()
+}
+
+// detach duplicates the socket (keeping it non-blocking: the flag belongs
+// to the shared open file) and closes Go's net.Conn, which frees its
+// netFD, addresses and netpoller registration: the edge only ever reads
+// and writes the descriptor with system calls.
+func (p *epollPoller) detach(nc net.Conn) (int, net.Conn, error) {
+	fd, err := socketFD(nc)
+	if err != nil {
+		return 0, nil, err
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return 0, nil, fmt.Errorf("dup socket: %w", err)
+	}
+	if err := nc.Close(); err != nil {
+		unix.Close(dup)
+		return 0, nil, fmt.Errorf("release net.Conn: %w", err)
+	}
+	return dup, nil, nil
 }
 
 func (p *epollPoller) run(handle func(*Conn, event)) {
@@ -102,8 +121,11 @@ func (p *epollPoller) run(handle func(*Conn, event)) {
 			if int(e.Fd) == p.wakefd {
 				return
 			}
+			var c *Conn
 			p.mu.RLock()
-			c := p.conns[e.Fd]
+			if int(e.Fd) < len(p.conns) {
+				c = p.conns[e.Fd]
+			}
 			p.mu.RUnlock()
 			if c == nil || c.gen != uint32(e.Pad) {
 				continue // a connection closed while its event was in flight

@@ -5,6 +5,7 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"syscall"
 
@@ -63,6 +64,12 @@ func (p *netpollPoller) add(c *Conn, out bool) error {
 		p.waitWrite(c, nc)
 	}
 	return nil
+}
+
+// detach keeps the net.Conn: this poller waits through Go's netpoller.
+func (p *netpollPoller) detach(nc net.Conn) (int, net.Conn, error) {
+	fd, err := socketFD(nc)
+	return fd, nc, err
 }
 
 func (p *netpollPoller) rearm(c *Conn, out bool) error {

@@ -110,6 +110,9 @@ var errBadClientMessage = errors.New("not a client message")
 // servers); a frame that is not a JSON object with a string "type", or an
 // ack without an id, is an error.
 func decodeClientMessage(p []byte) (clientMessage, error) {
+	if m, ok := decodeAck(p); ok {
+		return m, nil
+	}
 	var m clientMessage
 	if err := json.Unmarshal(p, &m); err != nil {
 		return m, fmt.Errorf("%w: %v", errBadClientMessage, err)
@@ -121,4 +124,28 @@ func decodeClientMessage(p []byte) (clientMessage, error) {
 		return m, fmt.Errorf("%w: ack without id", errBadClientMessage)
 	}
 	return m, nil
+}
+
+// ackPrefix and ackSuffix frame the ack the JS client and most clients send,
+// byte for byte: {"type":"ack","id":"<id>"}.
+const (
+	ackPrefix = `{"type":"ack","id":"`
+	ackSuffix = `"}`
+)
+
+// decodeAck recognises the common ack without encoding/json, which would
+// cost more than the rest of handling it. Anything else (other spacing,
+// escapes, more fields) returns ok=false for the full decoder.
+func decodeAck(p []byte) (clientMessage, bool) {
+	if len(p) <= len(ackPrefix)+len(ackSuffix) || string(p[:len(ackPrefix)]) != ackPrefix ||
+		string(p[len(p)-len(ackSuffix):]) != ackSuffix {
+		return clientMessage{}, false
+	}
+	id := p[len(ackPrefix) : len(p)-len(ackSuffix)]
+	for _, b := range id {
+		if b < 0x20 || b >= 0x7f || b == '"' || b == '\\' {
+			return clientMessage{}, false
+		}
+	}
+	return clientMessage{Type: clientAck, ID: string(id)}, true
 }

@@ -247,3 +247,19 @@ func TestFrameEncoding(t *testing.T) {
 		}
 	}
 }
+
+func TestIdleForIsWrapSafe(t *testing.T) {
+	t.Parallel()
+	cases := []struct{ now, last, want uint32 }{
+		{1000, 400, 600},
+		{1000, 1000, 0},
+		{1000, 1005, 0},                 // a read stored after the tick read the clock
+		{5, 0xffffff00, 5 + 0x100},      // the clock wrapped after 49 days
+		{0xffffff00, 0xfffffe00, 0x100}, // just before the wrap
+	}
+	for _, c := range cases {
+		if got := idleFor(c.now, c.last); got != c.want {
+			t.Errorf("idleFor(%d, %d) = %d, want %d", c.now, c.last, got, c.want)
+		}
+	}
+}

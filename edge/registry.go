@@ -16,13 +16,38 @@ type registry struct {
 
 type regShard struct {
 	mu    sync.RWMutex
-	users map[string][]*Conn
+	users map[string]connList
+}
+
+// connList is a user's connections: one inline (the common case costs no
+// allocation), more in a slice.
+type connList struct {
+	first *Conn
+	more  []*Conn
+}
+
+func (l connList) len() int {
+	if l.first == nil {
+		return 0
+	}
+	return 1 + len(l.more)
+}
+
+// each calls f for every connection.
+func (l connList) each(f func(*Conn)) {
+	if l.first == nil {
+		return
+	}
+	f(l.first)
+	for _, c := range l.more {
+		f(c)
+	}
 }
 
 func newRegistry(l Listener) *registry {
 	r := &registry{listener: l}
 	for i := range r.shards {
-		r.shards[i].users = make(map[string][]*Conn)
+		r.shards[i].users = make(map[string]connList)
 	}
 	return r
 }
@@ -42,9 +67,14 @@ func (r *registry) add(c *Conn) {
 	s := r.shard(c.user)
 	s.mu.Lock()
 	list := s.users[c.user]
-	s.users[c.user] = append(list, c)
-	if len(list) == 0 && r.listener != nil {
-		r.listener.Online(c.user)
+	if list.first == nil {
+		s.users[c.user] = connList{first: c}
+		if r.listener != nil {
+			r.listener.Online(c.user)
+		}
+	} else {
+		list.more = append(list.more, c)
+		s.users[c.user] = list
 	}
 	s.mu.Unlock()
 }
@@ -55,26 +85,42 @@ func (r *registry) remove(c *Conn) bool {
 	s := r.shard(c.user)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	list := s.users[c.user]
-	for i, x := range list {
-		if x != c {
-			continue
-		}
-		last := len(list) - 1
-		list[i] = list[last]
-		list[last] = nil
-		list = list[:last]
-		if len(list) == 0 {
-			delete(s.users, c.user)
-			if r.listener != nil {
-				r.listener.Offline(c.user)
-			}
-		} else {
-			s.users[c.user] = list
+	list, ok := s.users[c.user]
+	if !ok {
+		return false
+	}
+	switch {
+	case list.first == c && len(list.more) == 0:
+		delete(s.users, c.user)
+		if r.listener != nil {
+			r.listener.Offline(c.user)
 		}
 		return true
+	case list.first == c:
+		last := len(list.more) - 1
+		list.first = list.more[last]
+		list.more[last] = nil
+		list.more = list.more[:last]
+	default:
+		i := -1
+		for j, x := range list.more {
+			if x == c {
+				i = j
+			}
+		}
+		if i < 0 {
+			return false
+		}
+		last := len(list.more) - 1
+		list.more[i] = list.more[last]
+		list.more[last] = nil
+		list.more = list.more[:last]
 	}
-	return false
+	if len(list.more) == 0 {
+		list.more = nil
+	}
+	s.users[c.user] = list
+	return true
 }
 
 // deliver queues f on every connection of user and returns how many took it.
@@ -82,11 +128,11 @@ func (r *registry) deliver(user string, f *Frame) int {
 	s := r.shard(user)
 	n := 0
 	s.mu.RLock()
-	for _, c := range s.users[user] {
+	s.users[user].each(func(c *Conn) {
 		if c.deliver(f) {
 			n++
 		}
-	}
+	})
 	s.mu.RUnlock()
 	return n
 }
@@ -97,11 +143,11 @@ func (r *registry) deliverShard(i int, f *Frame) int {
 	n := 0
 	s.mu.RLock()
 	for _, list := range s.users {
-		for _, c := range list {
+		list.each(func(c *Conn) {
 			if c.deliver(f) {
 				n++
 			}
-		}
+		})
 	}
 	s.mu.RUnlock()
 	return n
@@ -111,7 +157,7 @@ func (r *registry) online(user string) bool {
 	s := r.shard(user)
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.users[user]) > 0
+	return s.users[user].len() > 0
 }
 
 // users returns the users with a connection here.
@@ -147,7 +193,7 @@ func (r *registry) conns() []*Conn {
 		s := &r.shards[i]
 		s.mu.RLock()
 		for _, list := range s.users {
-			out = append(out, list...)
+			list.each(func(c *Conn) { out = append(out, c) })
 		}
 		s.mu.RUnlock()
 	}

@@ -144,9 +144,20 @@ func (s *Server) Start() error {
 }
 
 // now is the server clock: milliseconds since New, wrapping after 49 days.
-// Compare two readings only by their difference (now-then), which is right
+// Compare two readings only by their signed difference, which is right
 // for spans under 24 days.
 func (s *Server) now() uint32 { return uint32(time.Since(s.start) / time.Millisecond) }
+
+// idleFor is how long a connection last read at last has been silent at
+// now, in server-clock milliseconds. A read that raced ahead of the
+// caller's reading of the clock counts as no silence at all: an unsigned
+// now-last would wrap around and close a busy connection as idle.
+func idleFor(now, last uint32) uint32 {
+	if d := int32(now - last); d > 0 {
+		return uint32(d)
+	}
+	return 0
+}
 
 // dispatch hands a polled connection to a worker. Blocking here when every
 // worker is busy holds back the poller: backpressure instead of a queue.
@@ -178,8 +189,9 @@ func (s *Server) work() {
 // handle serves one connection's events, then re-arms it.
 func (s *Server) handle(c *Conn, ev event, buf []byte) {
 	for {
+		more := false
 		if ev&evRead != 0 {
-			c.onReadable(buf)
+			more = c.onReadable(buf)
 		}
 		if ev&evWrite != 0 {
 			c.mu.Lock()
@@ -190,12 +202,16 @@ func (s *Server) handle(c *Conn, ev event, buf []byte) {
 			c.mu.Unlock()
 		}
 		c.mu.Lock()
-		if c.pendingEv != 0 {
+		if more {
+			c.pendingEv |= uint32(evRead) // data left behind: no new edge will tell us
+		}
+		if c.pendingEv != 0 && c.state != stateClosed {
 			ev = event(c.pendingEv)
 			c.pendingEv = 0
 			c.mu.Unlock()
 			continue
 		}
+		c.pendingEv = 0
 		c.busy = false
 		s.armLocked(c)
 		c.mu.Unlock()
@@ -235,7 +251,7 @@ func (s *Server) tick() {
 			case c.expires != 0 && unix >= c.expires:
 				s.metrics.closes.WithLabelValues(CloseTokenExpired.String()).Inc()
 				c.Close(CloseTokenExpired, "token expired")
-			case now-c.lastRead.Load() >= idle:
+			case idleFor(now, c.lastRead.Load()) >= idle:
 				c.fail(&closeError{CloseIdle, "idle timeout"})
 			default:
 				c.send(ping)

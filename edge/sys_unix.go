@@ -2,7 +2,11 @@
 
 package edge
 
-import "golang.org/x/sys/unix"
+import (
+	"net"
+
+	"golang.org/x/sys/unix"
+)
 
 // Non-blocking system calls on a connection's socket. The caller holds the
 // Conn's mutex and has checked it is not closed.
@@ -42,3 +46,20 @@ func sysWritev(fd int, bufs [][]byte, off int) (int, error) {
 }
 
 func sysShutdownWrite(fd int) error { return unix.Shutdown(fd, unix.SHUT_WR) }
+
+func sysClose(fd int) error { return unix.Close(fd) }
+
+// sysPeerAddr returns the socket's peer address, or nil.
+func sysPeerAddr(fd int) net.Addr {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return nil
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]).To16(), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(a.Addr[:]), Port: a.Port}
+	}
+	return nil
+}

@@ -300,11 +300,16 @@ func TestReplayCoversMessagesThatRacedBetweenCollectors(t *testing.T) {
 	earlier := make(chan nodetest.Response, 1)
 	go func() { earlier <- slow.Post(`{"to":["alice"],"data":"earlier"}`) }() // its ID is taken now
 	storagetest.Eventually(t, 5*time.Second, func() error {
-		if !held.waiting.Load() {
+		if held.waiting.Load() == 0 {
 			return fmt.Errorf("slow append not reached yet")
 		}
 		return nil
 	})
+	// IDs of one millisecond order by a random per-collector tag: let the
+	// clock move on so the next message's ID is surely later.
+	for time.Since(time.Unix(0, held.waiting.Load())) < 2*time.Millisecond {
+		time.Sleep(time.Millisecond)
+	}
 	later := fast.Send("later", "alice")
 	if f := alice.Message(); f.ID != later {
 		t.Fatalf("got %+v", f)
@@ -330,11 +335,11 @@ func TestReplayCoversMessagesThatRacedBetweenCollectors(t *testing.T) {
 type slowAppend struct {
 	storage.Messages
 	gate    chan struct{}
-	waiting atomic.Bool // an append is waiting at the gate
+	waiting atomic.Int64 // when an append began waiting at the gate (Unix ns)
 }
 
 func (s *slowAppend) Append(ctx context.Context, m *storage.Message) (*storage.Message, error) {
-	s.waiting.Store(true)
+	s.waiting.CompareAndSwap(0, time.Now().UnixNano())
 	select {
 	case <-s.gate:
 	case <-ctx.Done():
@@ -461,7 +466,7 @@ func testRollingRestart(t *testing.T, users int, opts nodetest.ClusterOptions) {
 	// through every phase of the restart.
 	waitSent := func(n int) {
 		start := count()
-		storagetest.Eventually(t, 30*time.Second, func() error {
+		storagetest.Eventually(t, 60*time.Second, func() error {
 			if got := count() - start; got < n {
 				return fmt.Errorf("%d of %d messages sent", got, n)
 			}

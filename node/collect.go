@@ -161,7 +161,7 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !n.apiKeyOK(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 		writeAPIError(w, &apiError{http.StatusUnauthorized, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)"})
-		n.metrics.posts.WithLabelValues("unauthorized").Inc()
+		n.metrics.postUnauthorized.Inc()
 		return
 	}
 	// The body is JSON whatever the Content-Type says, so that a plain
@@ -178,7 +178,7 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if errors.As(err, &mb) {
 			writeAPIError(w, &apiError{http.StatusRequestEntityTooLarge, "body_too_large",
 				fmt.Sprintf("request body is over %d bytes", limit)})
-			n.metrics.posts.WithLabelValues("rejected").Inc()
+			n.metrics.postRejected.Inc()
 			return
 		}
 		writeAPIError(w, badRequest("bad_body", "reading the body: %v", err))
@@ -186,7 +186,7 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	p, aerr := decodePost(body, postLimits{maxData: n.cfg.MaxMessageBytes, defaultTTL: n.cfg.DefaultTTL, maxTTL: n.cfg.MaxTTL})
 	if aerr != nil {
-		n.metrics.posts.WithLabelValues("rejected").Inc()
+		n.metrics.postRejected.Inc()
 		writeAPIError(w, aerr)
 		return
 	}
@@ -202,11 +202,11 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n.metrics.appendSeconds.Observe(time.Since(start).Seconds())
 	switch {
 	case errors.Is(err, storage.ErrDuplicate):
-		n.metrics.posts.WithLabelValues("duplicate").Inc()
+		n.metrics.postDuplicate.Inc()
 		writeJSON(w, http.StatusAccepted, map[string]any{"id": stored.ID, "duplicate": true})
 		return
 	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		n.metrics.posts.WithLabelValues("unavailable").Inc()
+		n.metrics.postUnavailable.Inc()
 		w.Header().Set("Retry-After", "1")
 		writeAPIError(w, &apiError{http.StatusServiceUnavailable, "store_unavailable",
 			"the message store is unavailable; nothing was accepted, retry with the same key"})
@@ -219,11 +219,15 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, &apiError{http.StatusInternalServerError, "internal", "the message could not be stored; retry with the same key"})
 		return
 	}
-	n.metrics.posts.WithLabelValues("accepted").Inc()
+	n.metrics.postAccepted.Inc()
 	// Durable now: hand it to dispatch. If dispatch is saturated beyond the
 	// request's patience, the message still waits in the store for replay.
 	n.dispatch.submit(r.Context(), stored)
-	writeJSON(w, http.StatusAccepted, map[string]any{"id": stored.ID})
+	// The ID is of the ID alphabet: no JSON escaping needed.
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusAccepted)
+	_, _ = w.Write([]byte(`{"id":"` + stored.ID + `"}` + "\n"))
 }
 
 // maxEnvelopeBytes is what a POST body may hold beyond its data:

@@ -9,20 +9,23 @@ import (
 
 // metrics are the node's own collectors (the edge registers its own).
 type metrics struct {
-	posts           *prometheus.CounterVec
-	appendSeconds   prometheus.Histogram
-	dispatchQueue   prometheus.Gauge
-	dispatchDropped prometheus.Counter
-	dispatchLatency prometheus.Histogram
-	delivered       prometheus.Counter
-	swept           prometheus.Counter
-	bindErrors      prometheus.Counter
-	lookupErrors    prometheus.Counter
-	ringRouted      prometheus.Counter
-	forwarded       prometheus.Counter
-	forwardFailed   prometheus.Counter
-	misrouted       prometheus.Counter
-	deferred        prometheus.Counter
+	posts *prometheus.CounterVec
+	// The posts counters by result, resolved once: label lookups hash on
+	// every call, and POSTs are the hot path.
+	postAccepted, postDuplicate, postRejected, postUnauthorized, postUnavailable prometheus.Counter
+	appendSeconds                                                                prometheus.Histogram
+	dispatchQueue                                                                prometheus.Gauge
+	dispatchDropped                                                              prometheus.Counter
+	dispatchLatency                                                              prometheus.Histogram
+	delivered                                                                    prometheus.Counter
+	swept                                                                        prometheus.Counter
+	bindErrors                                                                   prometheus.Counter
+	lookupErrors                                                                 prometheus.Counter
+	ringRouted                                                                   prometheus.Counter
+	forwarded                                                                    prometheus.Counter
+	forwardFailed                                                                prometheus.Counter
+	misrouted                                                                    prometheus.Counter
+	deferred                                                                     prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -72,6 +75,11 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 			Name: "herald_push_misrouted_total", Help: "Recipients of a delivery that had no connection here and were looked up again.",
 		}),
 	}
+	m.postAccepted = m.posts.WithLabelValues("accepted")
+	m.postDuplicate = m.posts.WithLabelValues("duplicate")
+	m.postRejected = m.posts.WithLabelValues("rejected")
+	m.postUnauthorized = m.posts.WithLabelValues("unauthorized")
+	m.postUnavailable = m.posts.WithLabelValues("unavailable")
 	for _, c := range []prometheus.Collector{m.posts, m.appendSeconds, m.dispatchQueue, m.dispatchDropped,
 		m.dispatchLatency, m.delivered, m.swept, m.bindErrors, m.lookupErrors, m.ringRouted, m.forwarded,
 		m.forwardFailed, m.misrouted, m.deferred,

@@ -60,6 +60,7 @@ type serveSettings struct {
 	authURL         string
 	authSecret      string
 	standalone      bool
+	debugAddr       string
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
@@ -100,6 +101,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&s.authURL, "auth-url", "", "remote auth service `URL` that verifies connection tokens (contract in docs/CLUSTER.md), instead of JWT")
 	fs.StringVar(&s.authSecret, "auth-secret", "", "`secret` sent to --auth-url as Authorization: Bearer")
 	fs.BoolVar(&s.standalone, "standalone", false, "run without gossip and internal RPC: one node that never has peers")
+	fs.StringVar(&s.debugAddr, "debug-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this private `address`, e.g. 127.0.0.1:6060; off by default")
 	fs.StringVar(&s.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
 	fs.StringVar(&s.logFormat, "log-format", "text", "`format`: text or json")
 	fs.Usage = usage(fs, "Usage: herald serve [flags]\n\nRuns a Herald node. With no flags: every role in one process on :8080, messages in\n./herald-data, bindings in memory, and development secrets generated into ./herald-data.")
@@ -148,6 +150,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	if err := n.Start(ctx); err != nil {
 		_ = n.Shutdown(context.Background())
 		return err
+	}
+	if s.debugAddr != "" {
+		stopDebug, err := serveDebug(s.debugAddr, log)
+		if err != nil {
+			_ = n.Shutdown(context.Background())
+			return err
+		}
+		defer stopDebug()
 	}
 	log.Info("herald is ready", "url", "http://"+displayAddr(n.Addr()), "websocket", "ws://"+displayAddr(n.Addr())+"/ws", "version", version())
 

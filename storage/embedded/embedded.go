@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 
 	"github.com/heraldpush/herald/storage"
 )
@@ -48,7 +49,15 @@ func Open(dir string, opts Options) (*Messages, error) {
 		opts.CacheBytes = 32 << 20
 	}
 	cache := pebble.NewCache(opts.CacheBytes)
-	po := &pebble.Options{Cache: cache, Logger: pebbleLogger{opts.Logger}}
+	po := &pebble.Options{
+		Cache:  cache,
+		Logger: pebbleLogger{opts.Logger},
+		// Every append first looks its ID and key up, and nearly all of
+		// those lookups miss: bloom filters answer them without reading
+		// blocks. (Pebble has no filters by default.)
+		Levels: []pebble.LevelOptions{{FilterPolicy: bloom.FilterPolicy(10)}},
+	}
+	po.EnsureDefaults()
 	db, err := pebble.Open(dir, po)
 	cache.Unref() // the DB holds its own reference
 	if err != nil {

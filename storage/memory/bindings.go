@@ -3,6 +3,7 @@ package memory
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -16,13 +17,37 @@ type Bindings struct {
 
 	mu     sync.RWMutex
 	closed bool
-	users  map[string][]binding                 // user -> bindings, usually one
-	leases map[string]lease                     // node ID -> lease
-	owned  map[storage.Node]map[string]struct{} // incarnation -> its users
+	users  map[string]bindingSet // user -> its bindings
+	leases map[string]lease      // node ID -> lease
 }
 
 type binding struct {
 	node, incarnation string
+}
+
+// bindingSet is a user's bindings: one inline (a user on one node costs
+// no allocation beyond the map entry), more in a slice.
+type bindingSet struct {
+	first binding
+	more  []binding
+}
+
+func (s bindingSet) all() []binding {
+	if s.first.node == "" {
+		return nil
+	}
+	return append([]binding{s.first}, s.more...)
+}
+
+func setOf(bs []binding) bindingSet {
+	if len(bs) == 0 {
+		return bindingSet{}
+	}
+	out := bindingSet{first: bs[0]}
+	if len(bs) > 1 {
+		out.more = append([]binding(nil), bs[1:]...)
+	}
+	return out
 }
 
 type lease struct {
@@ -39,9 +64,8 @@ func NewBindings(now func() time.Time) *Bindings {
 	}
 	return &Bindings{
 		now:    now,
-		users:  make(map[string][]binding),
+		users:  make(map[string]bindingSet),
 		leases: make(map[string]lease),
-		owned:  make(map[storage.Node]map[string]struct{}),
 	}
 }
 
@@ -87,24 +111,27 @@ func (b *Bindings) Bind(_ context.Context, n storage.Node, users []string) error
 	if b.closed {
 		return storage.ErrClosed
 	}
-	own := b.owned[n]
-	if own == nil {
-		own = make(map[string]struct{})
-		b.owned[n] = own
-	}
 	for _, u := range users {
-		list := b.users[u]
-		found := false
-		for i := range list {
-			if list[i].node == n.ID {
-				list[i].incarnation = n.Incarnation // a newer life replaces an older one
-				found = true
+		set := b.users[u]
+		switch {
+		case set.first.node == "":
+			b.users[u] = bindingSet{first: binding{n.ID, n.Incarnation}}
+		case set.first.node == n.ID:
+			set.first.incarnation = n.Incarnation // a newer life replaces an older one
+			b.users[u] = set
+		default:
+			found := false
+			for i := range set.more {
+				if set.more[i].node == n.ID {
+					set.more[i].incarnation = n.Incarnation
+					found = true
+				}
 			}
+			if !found {
+				set.more = append(set.more, binding{n.ID, n.Incarnation})
+			}
+			b.users[u] = set
 		}
-		if !found {
-			b.users[u] = append(list, binding{n.ID, n.Incarnation})
-		}
-		own[u] = struct{}{}
 	}
 	return nil
 }
@@ -121,14 +148,17 @@ func (b *Bindings) Unbind(_ context.Context, n storage.Node, users []string) err
 	}
 	for _, u := range users {
 		b.unbindLocked(u, n)
-		delete(b.owned[n], u)
 	}
 	return nil
 }
 
 // unbindLocked removes n's binding of u if n's incarnation holds it.
 func (b *Bindings) unbindLocked(u string, n storage.Node) bool {
-	list := b.users[u]
+	set, ok := b.users[u]
+	if !ok {
+		return false
+	}
+	list := set.all()
 	for i := range list {
 		if list[i].node == n.ID && list[i].incarnation == n.Incarnation {
 			list[i] = list[len(list)-1]
@@ -136,7 +166,7 @@ func (b *Bindings) unbindLocked(u string, n storage.Node) bool {
 			if len(list) == 0 {
 				delete(b.users, u)
 			} else {
-				b.users[u] = list
+				b.users[u] = setOf(list)
 			}
 			return true
 		}
@@ -159,7 +189,11 @@ func (b *Bindings) Lookup(_ context.Context, users []string) (map[string][]strin
 	now := b.now()
 	out := make(map[string][]string)
 	for _, u := range users {
-		for _, bd := range b.users[u] {
+		set := b.users[u]
+		if set.first.node == "" {
+			continue
+		}
+		for _, bd := range append([]binding{set.first}, set.more...) {
 			l, ok := b.leases[bd.node]
 			if ok && l.incarnation == bd.incarnation && now.Before(l.expires) {
 				out[u] = append(out[u], bd.node)
@@ -179,13 +213,15 @@ func (b *Bindings) Purge(_ context.Context, n storage.Node) (int, error) {
 	if b.closed {
 		return 0, storage.ErrClosed
 	}
+	// A scan of every user: purges are rare (a node died) and in memory.
 	removed := 0
-	for u := range b.owned[n] {
-		if b.unbindLocked(u, n) {
-			removed++
+	for u, set := range b.users {
+		if set.first == (binding{n.ID, n.Incarnation}) || slices.Contains(set.more, binding{n.ID, n.Incarnation}) {
+			if b.unbindLocked(u, n) {
+				removed++
+			}
 		}
 	}
-	delete(b.owned, n)
 	if l, ok := b.leases[n.ID]; ok && l.incarnation == n.Incarnation {
 		delete(b.leases, n.ID)
 	}
@@ -206,7 +242,7 @@ func (b *Bindings) Ping(context.Context) error {
 func (b *Bindings) Close() error {
 	b.mu.Lock()
 	b.closed = true
-	b.users, b.owned = nil, nil
+	b.users = nil
 	b.mu.Unlock()
 	return nil
 }
