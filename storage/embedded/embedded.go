@@ -36,6 +36,13 @@ type Messages struct {
 	seed  maphash.Seed
 	locks [256]sync.Mutex
 
+	// maxID is the greatest message ID ever stored (read at Open, raised
+	// by Append). A new ID above it cannot be stored yet, so Append skips
+	// the lookup a retry of a stored ID needs: fresh IDs are time-ordered,
+	// so nearly every append skips it.
+	idMu  sync.Mutex
+	maxID string
+
 	mu     sync.RWMutex // held for reading by every call, for writing by Close
 	closed bool
 }
@@ -67,7 +74,43 @@ func Open(dir string, opts Options) (*Messages, error) {
 	if opts.NoSync {
 		m.sync = pebble.NoSync
 	}
+	if m.maxID, err = lastID(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open message store in %s: %w", dir, err)
+	}
 	return m, nil
+}
+
+// lastID is the greatest stored message ID ("" for none).
+func lastID(db *pebble.DB) (string, error) {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: []byte{'m'}, UpperBound: []byte{'m' + 1}})
+	if err != nil {
+		return "", fmt.Errorf("find the last message: %w", err)
+	}
+	var id string
+	if it.Last() {
+		id = string(it.Key()[1:])
+	}
+	if err := it.Close(); err != nil {
+		return "", fmt.Errorf("find the last message: %w", err)
+	}
+	return id, nil
+}
+
+// mayHold reports whether id could already be stored.
+func (s *Messages) mayHold(id string) bool {
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
+	return id <= s.maxID
+}
+
+// stored records that id is stored.
+func (s *Messages) stored(id string) {
+	s.idMu.Lock()
+	if id > s.maxID {
+		s.maxID = id
+	}
+	s.idMu.Unlock()
 }
 
 // pebbleLogger routes Pebble's log to slog, or nowhere.
@@ -243,10 +286,12 @@ func (s *Messages) Append(ctx context.Context, m *storage.Message) (*storage.Mes
 	defer mu.Unlock()
 
 	// A retry of a stored ID stores nothing new.
-	if old, err := s.get(m.ID); err == nil {
-		return old, nil
-	} else if !errors.Is(err, storage.ErrNotFound) {
-		return nil, fmt.Errorf("append %s: %w", m.ID, err)
+	if s.mayHold(m.ID) {
+		if old, err := s.get(m.ID); err == nil {
+			return old, nil
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return nil, fmt.Errorf("append %s: %w", m.ID, err)
+		}
 	}
 	now := time.Now()
 	if m.Key != "" {
@@ -291,6 +336,7 @@ func (s *Messages) Append(ctx context.Context, m *storage.Message) (*storage.Mes
 	if err := b.Commit(s.sync); err != nil {
 		return nil, fmt.Errorf("append %s: commit: %w", m.ID, err)
 	}
+	s.stored(m.ID)
 	return m, nil
 }
 

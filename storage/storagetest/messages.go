@@ -474,6 +474,12 @@ func messagesPersistence(t *testing.T, f MessagesFactory) {
 	if _, err := s.Append(ctxT(t), dup); !errors.Is(err, storage.ErrDuplicate) {
 		t.Fatalf("idempotency key lost on reopen: %v", err)
 	}
+	// A retry of the newest stored ID after a restart still stores nothing.
+	retry := *m2
+	retry.Data = json.RawMessage(`{"changed":true}`)
+	if got, err := s.Append(ctxT(t), &retry); err != nil || got == nil || string(got.Data) != string(m2.Data) {
+		t.Fatalf("retry of a stored ID after reopen = %+v, %v; want the stored message", got, err)
+	}
 }
 
 func messagesServerGone(t *testing.T, f MessagesFactory) {
