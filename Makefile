@@ -3,7 +3,7 @@ GO ?= go
 STATICCHECK_VERSION := v0.8.2
 GOBIN := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: run test race lint bench tidy build
+.PHONY: run test race lint bench bench-scenarios compare tidy build
 
 ## run: run Herald with every role and embedded storage on :8080
 run:
@@ -27,10 +27,19 @@ lint:
 	$(GO) vet ./...
 	@test -x $(GOBIN)/staticcheck && $(GOBIN)/staticcheck -version | grep -q "($(patsubst v%,%,$(STATICCHECK_VERSION)))" || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(GOBIN)/staticcheck ./...
+	cd benchmarks/baselines && $(GO) vet ./... && $(GOBIN)/staticcheck ./...
 
-## bench: the micro-benchmarks
+## bench: the micro-benchmarks (not the load scenarios)
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v '/benchmarks$$')
+
+## bench-scenarios: the load scenarios at 15,000 connections as go benchmarks
+bench-scenarios:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./benchmarks/
+
+## compare: idle and broadcast, Herald against every baseline (benchmarks/RESULTS.md)
+compare:
+	$(GO) run ./cmd/herald-bench compare --conns 5000,10000,15000
 
 ## tidy: fail if go.mod or go.sum are not tidy
 tidy:

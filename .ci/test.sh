@@ -31,6 +31,9 @@ go vet ./...
 echo "== go test -race"
 go test -race -count=1 -timeout 30m ./...
 
+echo "== benchmarks/baselines (its own module)"
+(cd benchmarks/baselines && go vet ./... && go test -race -count=1 -timeout 10m ./...)
+
 echo "== fuzz (short runs)"
 fuzztime="${HERALD_FUZZTIME:-10s}"
 # Each line: package and fuzz target.

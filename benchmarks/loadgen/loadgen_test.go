@@ -1,0 +1,83 @@
+package loadgen
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+)
+
+func TestSourceIPs(t *testing.T) {
+	ips := SourceIPs(600)
+	if ips[0] != "127.0.0.2" {
+		t.Fatalf("first source address %s, want 127.0.0.2", ips[0])
+	}
+	seen := map[string]bool{}
+	for _, s := range ips {
+		ip := net.ParseIP(s).To4()
+		if ip == nil || ip[0] != 127 || ip[3] == 0 || s == "127.0.0.1" || seen[s] {
+			t.Fatalf("bad or repeated source address %q", s)
+		}
+		seen[s] = true
+	}
+}
+
+func TestQuantilesFromHistogram(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `# TYPE herald_store_append_seconds histogram
+herald_store_append_seconds_bucket{le="0.001"} 50
+herald_store_append_seconds_bucket{le="0.004"} 90
+herald_store_append_seconds_bucket{le="0.016"} 99
+herald_store_append_seconds_bucket{le="0.064"} 100
+herald_store_append_seconds_bucket{le="+Inf"} 100
+herald_store_append_seconds_sum 0.2
+herald_store_append_seconds_count 100
+`)
+	}))
+	t.Cleanup(srv.Close)
+	s := &Server{HTTP: srv.URL, client: srv.Client()}
+	q, err := s.Quantiles(context.Background(), "herald_store_append_seconds", 0.5, 0.9, 0.99, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []float64{1, 4, 16, 64} // ms, bucket upper bounds
+	for i := range want {
+		if q[i] != want[i] {
+			t.Fatalf("quantiles = %v, want %v", q, want)
+		}
+	}
+	if _, err := s.Quantiles(context.Background(), "herald_missing_seconds", 0.5); err == nil {
+		t.Fatal("quantiles of a missing histogram")
+	}
+}
+
+func TestLatencyFigures(t *testing.T) {
+	r := &run{res: &Result{Figures: map[string]float64{}}}
+	var lats []int64
+	for i := 1000; i >= 1; i-- { // 1..1000 ms, unsorted
+		lats = append(lats, int64(time.Duration(i)*time.Millisecond))
+	}
+	r.latencyFigures("latency_", lats)
+	f := r.res.Figures
+	if f["latency_p50_ms"] != 500 || f["latency_p99_ms"] != 990 || f["latency_p999_ms"] != 999 || f["latency_max_ms"] != 1000 {
+		t.Fatalf("figures %v", f)
+	}
+}
+
+// TestCheckCountsLostAndDuplicates feeds check a made-up set of receipts.
+func TestCheckCountsLostAndDuplicates(t *testing.T) {
+	r := &run{res: &Result{Figures: map[string]float64{}}, users: []string{"a", "b", "c"}}
+	rc := Receipts{Users: map[string]map[string]uint16{
+		"a": {"m1": 1, "b1": 1},
+		"b": {"m2": 3, "b1": 1},
+		"c": {},
+	}}
+	r.check(rc, map[string][]string{"m1": {"a"}, "m2": {"b"}, "m3": {"c"}, "b1": nil})
+	// m1 ok; m2 twice repeated; m3 lost; b1 (broadcast) lost at c.
+	if r.res.Expected != 6 || r.res.Delivered != 4 || r.res.Lost != 2 || r.res.Duplicates != 2 {
+		t.Fatalf("expected %d delivered %d lost %d duplicates %d", r.res.Expected, r.res.Delivered, r.res.Lost, r.res.Duplicates)
+	}
+}
