@@ -37,9 +37,9 @@ bench:
 bench-scenarios:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./benchmarks/
 
-## compare: idle and broadcast, Herald against every baseline (benchmarks/RESULTS.md)
+## compare: idle and broadcast, Herald against every baseline, as in benchmarks/RESULTS.md
 compare:
-	$(GO) run ./cmd/herald-bench compare --conns 5000,10000,15000
+	$(GO) run ./cmd/herald-bench compare --conns 2000,5000,10000,15000 --rounds 3
 
 ## tidy: fail if go.mod or go.sum are not tidy
 tidy:

@@ -159,6 +159,44 @@ func TestSmoke(t *testing.T) {
 	}
 }
 
+// TestSmokeExternal drives a node the tool did not start (--url), as an
+// operator benchmarking a deployed cluster would: figures come from its
+// /metrics, tokens from the secret given.
+func TestSmokeExternal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server and thousands of connections")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	b := binaries(t)
+	node, err := loadgen.StartHerald(ctx, loadgen.HeraldOptions{Bin: b.Herald, Dir: t.TempDir(),
+		Secret: []byte("external-secret-of-at-least-32-bytes"), APIKey: "external-api-key-16+", Cluster: []byte("external-cluster-secret-32-bytes-long")}, "ext-1", nil)
+	if err != nil {
+		t.Fatalf("start herald: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := node.Stop(30 * time.Second); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	})
+	p := params(t, loadgen.Params{Scenario: loadgen.Unicast, Conns: 1000, Rate: 300, Duration: 2 * time.Second,
+		URLs: []string{node.HTTP}, JWTSecret: "external-secret-of-at-least-32-bytes", APIKey: "external-api-key-16+"})
+	res, err := loadgen.Run(ctx, p, progress(t))
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	checkResult(t, res)
+	if res.Figures["server_cpu_sec_per_million"] <= 0 { // read from the node's /metrics
+		t.Errorf("no server CPU figure from /metrics: %v", res.Figures)
+	}
+
+	// A wrong secret is refused up front, not reported as lost messages.
+	p.JWTSecret = ""
+	if _, err := loadgen.Run(ctx, p, progress(t)); err == nil {
+		t.Fatal("run against a Herald node without --jwt-secret succeeded")
+	}
+}
+
 // checkResult asserts what every run must hold: nothing lost, every
 // expected delivery made, and a JSON document with the figures of its
 // scenario.

@@ -3,9 +3,11 @@ package loadgen
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -80,4 +82,56 @@ func TestCheckCountsLostAndDuplicates(t *testing.T) {
 	if r.res.Expected != 6 || r.res.Delivered != 4 || r.res.Lost != 2 || r.res.Duplicates != 2 {
 		t.Fatalf("expected %d delivered %d lost %d duplicates %d", r.res.Expected, r.res.Delivered, r.res.Lost, r.res.Duplicates)
 	}
+}
+
+func TestPosterReusesConnections(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if r.Header.Get("Authorization") != "Bearer k" || r.Method != http.MethodPost {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		if string(b) == "close" {
+			w.Header().Set("Connection", "close")
+		}
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"id":%q}`, b)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	p, err := newPoster(srv.URL, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.close)
+	for i := range 20 {
+		status, b, err := p.post(context.Background(), "/v1/messages", fmt.Appendf(nil, "m%d", i))
+		if err != nil || status != http.StatusAccepted || string(b) != fmt.Sprintf(`{"id":"m%d"}`, i) {
+			t.Fatalf("post %d: %d %s %v", i, status, b, err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d connections for 20 sequential POSTs, want 1", n)
+	}
+	// A response that closes the connection is read, and the next POST dials.
+	if status, _, err := p.post(context.Background(), "/", []byte("close")); err != nil || status != http.StatusAccepted {
+		t.Fatalf("post with close: %d %v", status, err)
+	}
+	if status, _, err := p.post(context.Background(), "/", []byte("after")); err != nil || status != http.StatusAccepted {
+		t.Fatalf("post after close: %d %v", status, err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+	bad, _ := newPoster(srv.URL, "wrong")
+	if status, _, err := bad.post(context.Background(), "/", nil); err != nil || status != http.StatusUnauthorized {
+		t.Fatalf("wrong key: %d %v", status, err)
+	}
+	bad.close()
 }

@@ -1,6 +1,7 @@
 package loadgen
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +47,11 @@ type Params struct {
 	Workers     int           `json:"workers"`     // worker processes; 0: in-process up to PerWorker, else one per PerWorker
 	Ack         bool          `json:"ack"`
 	HeraldArgs  []string      `json:"herald_args,omitempty"`
+	URLs        []string      `json:"urls,omitempty"`        // running servers to measure (then the tool starts none)
+	SourceIPs   []string      `json:"source_ips,omitempty"`  // client source addresses (default: 127.0.0.2... for loopback targets)
+	UserPrefix  string        `json:"user_prefix,omitempty"` // user IDs are prefix + 0..Conns-1 (default "user-")
+	JWTSecret   string        `json:"-"`                     // with URLs: the servers' token secret
+	APIKey      string        `json:"-"`                     // with URLs: the servers' API key
 
 	HeraldBin   string `json:"-"`
 	BaselineBin string `json:"-"`
@@ -83,6 +90,7 @@ type run struct {
 	workers  []Worker
 	users    []string
 	byWorker [][]string
+	toolBase int64 // load tool RSS with the workers started, before connecting
 	cleanups []func()
 }
 
@@ -153,8 +161,18 @@ func (r *run) heraldOptions() HeraldOptions {
 		Secret: []byte(randomHex(16)), APIKey: randomHex(16), Cluster: []byte(randomHex(16)), Extra: append(r.profileArgs(), r.p.HeraldArgs...)}
 }
 
-// startTarget starts the single server a scenario measures.
-func (r *run) startTarget(ctx context.Context) (*Server, error) {
+// startTargets returns the servers a scenario measures: the external ones
+// when given, else one server the tool starts.
+func (r *run) startTargets(ctx context.Context) ([]*Server, error) {
+	if len(r.p.URLs) > 0 {
+		ss, err := External{URLs: r.p.URLs, JWTSecret: r.p.JWTSecret, APIKey: r.p.APIKey}.Connect(ctx, r.p.Target)
+		if err != nil {
+			return nil, err
+		}
+		r.servers = append(r.servers, ss...)
+		r.logf("using %d running server(s): %s", len(ss), strings.Join(r.p.URLs, ", "))
+		return ss, nil
+	}
 	var s *Server
 	var err error
 	if r.p.Target == "" || r.p.Target == "herald" {
@@ -172,7 +190,61 @@ func (r *run) startTarget(ctx context.Context) (*Server, error) {
 		}
 	})
 	r.logf("started %s at %s (pid %d)", s.Name, s.HTTP, s.PID())
-	return s, nil
+	return []*Server{s}, nil
+}
+
+// connectTo connects the clients to one server directly, or to several
+// through their route endpoint so that each lands on its ring owner.
+func (r *run) connectTo(ctx context.Context, ss []*Server) (time.Duration, error) {
+	if len(ss) == 1 {
+		return r.connect(ctx, []string{ss[0].WS}, nil, string(ss[0].secret))
+	}
+	var route []string
+	for _, s := range ss {
+		route = append(route, s.HTTP)
+	}
+	return r.connect(ctx, nil, route, string(ss[0].secret))
+}
+
+// usage sums the servers' usage.
+func (r *run) usage(ctx context.Context, settle bool) (Usage, error) {
+	var sum Usage
+	for _, s := range r.servers {
+		u, err := s.Usage(ctx, settle)
+		if err != nil {
+			return sum, err
+		}
+		sum.RSS += u.RSS
+		sum.CPU += u.CPU
+		sum.HeapInuse += u.HeapInuse
+		sum.Goroutines += u.Goroutines
+	}
+	return sum, nil
+}
+
+// sourceIPs splits the client source addresses among n workers: the
+// given ones, else for loopback servers enough of 127.0.0.2... for
+// PerSourceIP connections each, else none (the kernel picks).
+func (r *run) sourceIPs(n, perWorker int) [][]string {
+	out := make([][]string, n)
+	switch {
+	case len(r.p.SourceIPs) > 0:
+		for i, ip := range r.p.SourceIPs {
+			out[i%n] = append(out[i%n], ip)
+		}
+		for i := range out {
+			if len(out[i]) == 0 { // fewer addresses than workers: share
+				out[i] = []string{r.p.SourceIPs[i%len(r.p.SourceIPs)]}
+			}
+		}
+	case loopback(r.servers):
+		each := (perWorker + PerSourceIP - 1) / PerSourceIP
+		all := SourceIPs(n * each)
+		for i := range out {
+			out[i] = all[i*each : (i+1)*each]
+		}
+	}
+	return out
 }
 
 // ---- clients
@@ -186,35 +258,38 @@ func (r *run) connect(ctx context.Context, urls, route []string, secret string) 
 	}
 	inProcess := r.p.Workers == 0 && n == 1
 	perWorker := (r.p.Conns + n - 1) / n
-	ipsEach := (perWorker + PerSourceIP - 1) / PerSourceIP
-	all := SourceIPs(n * ipsEach)
+	ips := r.sourceIPs(n, perWorker)
 	r.users = make([]string, r.p.Conns)
 	for i := range r.users {
-		r.users[i] = fmt.Sprintf("user-%d", i)
+		r.users[i] = fmt.Sprintf("%s%d", cmp.Or(r.p.UserPrefix, "user-"), i)
 	}
 	r.byWorker = make([][]string, n)
 	for i, u := range r.users {
 		r.byWorker[i%n] = append(r.byWorker[i%n], u)
 	}
 	for i := range n {
-		ips := all[i*ipsEach : (i+1)*ipsEach]
 		var w Worker
 		var err error
 		if inProcess {
-			w, err = NewLocal(ips, r.p.Ack)
+			w, err = NewLocal(ips[i], r.p.Ack)
 		} else {
-			w, err = StartRemote(r.p.Self, ips, r.p.Ack)
+			w, err = StartRemote(r.p.Self, ips[i], r.p.Ack)
 		}
 		if err != nil {
 			return 0, err
 		}
 		r.workers = append(r.workers, w)
 	}
+	r.toolBase = r.loadRSS()
 	mode := "in this process"
 	if !inProcess {
 		mode = fmt.Sprintf("in %d worker processes", n)
 	}
-	r.logf("connecting %d clients %s (source addresses %s..%s)", r.p.Conns, mode, all[0], all[len(all)-1])
+	src := "chosen by the kernel"
+	if len(ips[0]) > 0 {
+		src = ips[0][0] + ".." + ips[n-1][len(ips[n-1])-1]
+	}
+	r.logf("connecting %d clients %s (source addresses %s)", r.p.Conns, mode, src)
 	start := time.Now()
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -353,21 +428,30 @@ func (r *run) latencyFigures(prefix string, lats []int64) {
 
 // idle: N connections open and idle; memory and CPU per connection.
 func (r *run) idle(ctx context.Context) error {
-	s, err := r.startTarget(ctx)
+	ss, err := r.startTargets(ctx)
 	if err != nil {
 		return err
 	}
-	before, err := s.Usage(ctx, true)
+	before, err := r.usage(ctx, true)
 	if err != nil {
 		return err
 	}
-	took, err := r.connect(ctx, []string{s.WS}, nil, string(s.secret))
+	slab0, slabErr := proc.KernelMemory()
+	took, err := r.connectTo(ctx, ss)
 	if err != nil {
 		return err
 	}
-	after, err := s.Usage(ctx, true)
+	after, err := r.usage(ctx, true)
 	if err != nil {
 		return err
+	}
+	if tool := r.loadRSS(); tool > 0 {
+		// The workers' RSS, less what an empty worker takes.
+		r.res.Figures["load_tool_rss_per_conn_bytes"] = float64(tool-r.toolBase) / float64(r.p.Conns)
+	}
+	if slab1, err := proc.KernelMemory(); err == nil && slabErr == nil && loopback(ss) {
+		// Both ends of every connection are on this machine.
+		r.res.Figures["kernel_slab_per_conn_pair_bytes"] = float64(slab1-slab0) / float64(r.p.Conns)
 	}
 	n := float64(r.p.Conns)
 	f := r.res.Figures
@@ -391,7 +475,7 @@ func (r *run) idle(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	end, err := s.Usage(ctx, false)
+	end, err := r.usage(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -408,14 +492,14 @@ func (r *run) idle(ctx context.Context) error {
 // broadcast: one message to every connection, repeated; time to last
 // delivery.
 func (r *run) broadcast(ctx context.Context) error {
-	s, err := r.startTarget(ctx)
+	ss, err := r.startTargets(ctx)
 	if err != nil {
 		return err
 	}
-	if _, err := r.connect(ctx, []string{s.WS}, nil, string(s.secret)); err != nil {
+	if _, err := r.connectTo(ctx, ss); err != nil {
 		return err
 	}
-	return r.broadcasts(ctx, []*Server{s})
+	return r.broadcasts(ctx, ss)
 }
 
 // broadcasts sends p.Broadcasts broadcasts (through the servers in turn),
@@ -483,15 +567,31 @@ func (r *run) latencies(ctx context.Context) []int64 {
 	return out
 }
 
-// loadCPU is the CPU time used by this process and the worker processes:
-// on a machine shared with the server, what the load tool took from it.
-func (r *run) loadCPU() time.Duration {
+// loadRSS is the resident memory of this process and the worker
+// processes.
+func (r *run) loadRSS() int64 {
+	var sum int64
+	for pid := range r.toolPIDs() {
+		if rss, err := proc.RSS(pid); err == nil {
+			sum += rss
+		}
+	}
+	return sum
+}
+
+func (r *run) toolPIDs() map[int]bool {
 	pids := map[int]bool{os.Getpid(): true}
 	for _, w := range r.workers {
 		pids[w.PID()] = true
 	}
+	return pids
+}
+
+// loadCPU is the CPU time used by this process and the worker processes:
+// on a machine shared with the server, what the load tool took from it.
+func (r *run) loadCPU() time.Duration {
 	var sum time.Duration
-	for pid := range pids {
+	for pid := range r.toolPIDs() {
 		if c, err := proc.CPU(pid); err == nil {
 			sum += c
 		}
@@ -512,18 +612,18 @@ func (r *run) serverCPU() time.Duration {
 // unicast: messages at a steady rate to random online users; with churn,
 // a share of the clients reconnects with since all along.
 func (r *run) unicast(ctx context.Context, churn bool) error {
-	s, err := r.startTarget(ctx)
+	ss, err := r.startTargets(ctx)
 	if err != nil {
 		return err
 	}
-	if _, err := r.connect(ctx, []string{s.WS}, nil, string(s.secret)); err != nil {
+	if _, err := r.connectTo(ctx, ss); err != nil {
 		return err
 	}
 	stopChurn := func() int { return 0 }
 	if churn {
 		stopChurn = r.churn(ctx)
 	}
-	sent, err := r.send(ctx, []*Server{s})
+	sent, err := r.send(ctx, ss)
 	reconnects := stopChurn()
 	if err != nil {
 		return err
@@ -720,6 +820,12 @@ func (r *run) finishUnicast(ctx context.Context, s *sent, reconnects int, churn 
 // cluster: Redis, a MongoDB-wire server and p.Nodes Herald nodes; clients
 // connect to their ring owners; unicast then broadcasts through every node.
 func (r *run) cluster(ctx context.Context) error {
+	if len(r.p.URLs) > 0 {
+		if _, err := r.startTargets(ctx); err != nil {
+			return err
+		}
+		return r.clusterRun(ctx, len(r.p.URLs))
+	}
 	nodes := max(r.p.Nodes, 3)
 	redisURL, err := r.startRedis()
 	if err != nil {
@@ -742,14 +848,16 @@ func (r *run) cluster(ctx context.Context) error {
 		r.cleanups = append(r.cleanups, func() { _ = s.Stop(30 * time.Second) })
 		r.logf("started %s at %s", s.Name, s.HTTP)
 	}
+	return r.clusterRun(ctx, nodes)
+}
+
+// clusterRun waits for the nodes to see each other, connects the clients
+// to their ring owners, then runs unicast and broadcasts through every node.
+func (r *run) clusterRun(ctx context.Context, nodes int) error {
 	if err := r.waitMembers(ctx, nodes); err != nil {
 		return err
 	}
-	var route []string
-	for _, s := range r.servers {
-		route = append(route, s.HTTP)
-	}
-	if _, err := r.connect(ctx, nil, route, string(o.Secret)); err != nil {
+	if _, err := r.connectTo(ctx, r.servers); err != nil {
 		return err
 	}
 	s, err := r.send(ctx, r.servers)
@@ -778,7 +886,7 @@ func (r *run) waitMembers(ctx context.Context, n int) error {
 		ok := true
 		for _, s := range r.servers {
 			var v struct{ Nodes []struct{ ID string } }
-			if err := s.getJSON(ctx, "/v1/nodes", &v); err != nil || len(v.Nodes) != n {
+			if err := s.getJSON(ctx, "/v1/nodes", &v); err != nil || len(v.Nodes) < n {
 				ok = false
 			}
 		}

@@ -2,7 +2,6 @@ package loadgen
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,14 +36,24 @@ type Server struct {
 	waitErr error
 	log     *lineLog
 
-	secret []byte // Herald: JWT secret
-	apiKey string // Herald: API key
-	seq    atomic.Int64
-	client *http.Client
+	secret   []byte // Herald: JWT secret
+	apiKey   string // Herald: API key
+	external bool   // not started by the tool: figures from /metrics
+
+	posterOnce sync.Once
+	poster     *poster
+	posterErr  error
+	seq        atomic.Int64
+	client     *http.Client
 }
 
-// PID returns the server's process ID.
-func (s *Server) PID() int { return s.cmd.Process.Pid }
+// PID returns the server's process ID (0 for an external server).
+func (s *Server) PID() int {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
 
 // Token returns a connection token for user (baselines take any).
 func (s *Server) Token(user string) string {
@@ -115,7 +124,7 @@ func StartBaseline(ctx context.Context, bin, lib, ip string) (*Server, error) {
 // start runs the process and waits for the line matching re on stderr
 // (Herald) or stdout (baselines).
 func (s *Server) start(ctx context.Context, bin string, args []string, re *regexp.Regexp, fromStderr bool) ([]string, error) {
-	s.client = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
+	s.client = newHTTPClient()
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the tool
 	s.log = &lineLog{}
@@ -167,6 +176,9 @@ func (s *Server) start(ctx context.Context, bin string, args []string, re *regex
 
 // Stop sends SIGTERM and waits (then SIGKILL after timeout).
 func (s *Server) Stop(timeout time.Duration) error {
+	if s.poster != nil {
+		s.poster.close()
+	}
 	if s.cmd == nil || s.cmd.Process == nil {
 		return nil
 	}
@@ -204,8 +216,12 @@ type Usage struct {
 }
 
 // Usage reads RSS and CPU from /proc and heap and goroutines from the
-// server (Herald's /metrics, a baseline's /stats).
+// server (Herald's /metrics, a baseline's /stats); an external server's
+// all come from its /metrics.
 func (s *Server) Usage(ctx context.Context, settle bool) (Usage, error) {
+	if s.external {
+		return s.remoteUsage(ctx, settle)
+	}
 	var u Usage
 	var err error
 	if settle {
@@ -358,17 +374,16 @@ func (s *Server) Post(ctx context.Context, users []string) (string, error) {
 		path = "/broadcast"
 		body = fmt.Appendf(nil, `{"type":"message","id":"b-%d","data":{"t":%d,"n":%d},"ts":%d}`, n, now, n, now/1e6)
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, s.HTTP+path, bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+s.apiKey)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := s.client.Do(req)
+	s.posterOnce.Do(func() { s.poster, s.posterErr = newPoster(s.HTTP, s.apiKey) })
+	if s.posterErr != nil {
+		return "", s.posterErr
+	}
+	status, b, err := s.poster.post(ctx, path, body)
 	if err != nil {
 		return "", err
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("POST %s: %s %s", path, resp.Status, b)
+	if status != http.StatusAccepted && status != http.StatusOK {
+		return "", fmt.Errorf("POST %s: %d %s", path, status, b)
 	}
 	if s.Kind != "herald" {
 		return fmt.Sprintf("b-%d", n), nil

@@ -88,3 +88,20 @@ func SettledRSS(pid int, timeout time.Duration) (int64, error) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// KernelMemory returns the machine's kernel slab memory (Slab in
+// /proc/meminfo) in bytes: where the kernel keeps sockets, files and
+// epoll entries, which no process's RSS shows.
+func KernelMemory() (int64, error) {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if f := strings.Fields(string(line)); len(f) >= 2 && f[0] == "Slab:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10, err
+		}
+	}
+	return 0, fmt.Errorf("no Slab in /proc/meminfo")
+}

@@ -48,6 +48,31 @@ func TestSelf(t *testing.T) {
 	}
 }
 
+func TestKernelMemory(t *testing.T) {
+	before, err := KernelMemory()
+	if err != nil || before <= 0 {
+		t.Fatalf("KernelMemory = %d, %v", before, err)
+	}
+	// A few thousand open files take kernel memory.
+	var files []*os.File
+	t.Cleanup(func() {
+		for _, f := range files {
+			f.Close()
+		}
+	})
+	for range 2000 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, r, w)
+	}
+	after, err := KernelMemory()
+	if err != nil || after <= before {
+		t.Fatalf("kernel memory %d -> %d after opening 4,000 files, %v", before, after, err)
+	}
+}
+
 func TestMissingProcess(t *testing.T) {
 	if _, err := RSS(1 << 30); err == nil {
 		t.Fatal("RSS of a process that does not exist")

@@ -38,6 +38,10 @@ func compare(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr, "herald-bench:", err)
 		return errUsage
 	}
+	if c.urls != "" {
+		fmt.Fprintln(stderr, "herald-bench: compare starts its own servers; --url is for the scenarios")
+		return errUsage
+	}
 	if err := c.prepare(ctx, stderr, true, false); err != nil {
 		return err
 	}

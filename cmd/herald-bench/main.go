@@ -84,6 +84,8 @@ type common struct {
 	bins     string
 	heraldTo string
 	profile  bool
+	urls     string
+	srcIPs   string
 }
 
 func scenarioFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
@@ -104,6 +106,11 @@ func scenarioFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
 	fs.StringVar(&c.out, "out", filepath.Join("benchmarks", "results", name), "`directory` for the JSON results (and profiles)")
 	fs.StringVar(&c.bins, "bin-dir", "", "`directory` for the built binaries (default: a cache directory)")
 	fs.StringVar(&c.heraldTo, "herald-args", "", "extra `flags` for herald serve, space-separated")
+	fs.StringVar(&c.urls, "url", "", "measure running servers instead of starting them: comma-separated `http://host:port` of each node (clients use /v1/route to find their node)")
+	fs.StringVar(&c.p.JWTSecret, "jwt-secret", os.Getenv("HERALD_JWT_SECRET"), "with --url: the cluster's token `secret` (default $HERALD_JWT_SECRET)")
+	fs.StringVar(&c.p.APIKey, "api-key", os.Getenv("HERALD_API_KEY"), "with --url: the cluster's API `key` (default $HERALD_API_KEY)")
+	fs.StringVar(&c.p.UserPrefix, "user-prefix", "user-", "user IDs are this `prefix` and a number: give each load machine its own against one cluster")
+	fs.StringVar(&c.srcIPs, "source-ips", "", "comma-separated client source `addresses`, shared among the workers (default: 127.0.0.2... for loopback servers, else chosen by the kernel)")
 	fs.BoolVar(&c.profile, "profile", false, "take pprof CPU and heap profiles of the Herald nodes while measuring, into the --out directory")
 	return fs, c
 }
@@ -120,6 +127,17 @@ func parse(fs *flag.FlagSet, args []string) error {
 		return errUsage
 	}
 	return nil
+}
+
+// splitList splits a comma-separated list, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 func connList(s string) ([]int, error) {
@@ -139,6 +157,7 @@ func (c *common) prepare(ctx context.Context, stderr io.Writer, needBaselines, n
 	if c.heraldTo != "" {
 		c.p.HeraldArgs = strings.Fields(c.heraldTo)
 	}
+	c.p.URLs, c.p.SourceIPs = splitList(c.urls), splitList(c.srcIPs)
 	wd, err := os.Getwd()
 	if err != nil {
 		return err
@@ -239,5 +258,5 @@ func worker(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
-	return loadgen.ServeWorker(ctx, os.Stdin, os.Stdout, strings.Split(*src, ","), *ack)
+	return loadgen.ServeWorker(ctx, os.Stdin, os.Stdout, splitList(*src), *ack)
 }
