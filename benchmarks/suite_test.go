@@ -123,7 +123,7 @@ var required = map[string][]string{
 	loadgen.Unicast:   {"deliveries_per_sec", "latency_p50_ms", "latency_p99_ms", "latency_p999_ms", "latency_max_ms", "server_cpu_sec_per_million"},
 	loadgen.Broadcast: {"last_delivery_p50_ms", "deliveries_per_sec"},
 	loadgen.Churn:     {"reconnects", "reconnects_per_sec", "latency_p99_ms"},
-	loadgen.Cluster:   {"cross_node_share", "latency_p99_ms", "broadcast_last_delivery_p50_ms"},
+	loadgen.Cluster:   {"cross_node_share", "latency_p99_ms", "broadcast_last_delivery_p50_ms", "rss_per_conn_bytes"},
 }
 
 // TestSmoke runs every scenario once at a small size: zero lost

@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -570,6 +572,11 @@ func (r *run) latencies(ctx context.Context) []int64 {
 // loadRSS is the resident memory of this process and the worker
 // processes.
 func (r *run) loadRSS() int64 {
+	// An earlier run in this process (compare, go test) leaves freed
+	// memory the runtime has not returned yet; return it so the reading
+	// is of live client state.
+	runtime.GC()
+	debug.FreeOSMemory()
 	var sum int64
 	for pid := range r.toolPIDs() {
 		if rss, err := proc.RSS(pid); err == nil {
@@ -857,9 +864,20 @@ func (r *run) clusterRun(ctx context.Context, nodes int) error {
 	if err := r.waitMembers(ctx, nodes); err != nil {
 		return err
 	}
+	before, err := r.usage(ctx, true)
+	if err != nil {
+		return err
+	}
 	if _, err := r.connectTo(ctx, r.servers); err != nil {
 		return err
 	}
+	after, err := r.usage(ctx, true)
+	if err != nil {
+		return err
+	}
+	rssPerConn := float64(after.RSS-before.RSS) / float64(r.p.Conns)
+	r.logf("memory: %.0f bytes RSS per connection over %d nodes (%.1f MB for %d)",
+		rssPerConn, nodes, float64(after.RSS-before.RSS)/1e6, r.p.Conns)
 	s, err := r.send(ctx, r.servers)
 	if err != nil {
 		return err
@@ -875,6 +893,7 @@ func (r *run) clusterRun(ctx context.Context, nodes int) error {
 	for k, v := range r.res.Figures {
 		unicast["broadcast_"+k] = v
 	}
+	unicast["rss_per_conn_bytes"] = rssPerConn
 	r.res.Figures = unicast
 	return nil
 }
