@@ -31,11 +31,13 @@ type result struct {
 		Conns int     `json:"conns"`
 		Rate  float64 `json:"rate"`
 	} `json:"params"`
-	Figures map[string]float64 `json:"figures"`
+	Figures  map[string]float64 `json:"figures"`
+	Profiles []string           `json:"profiles"`
 }
 
 // Load reads every *.json result under dir, subdirectories included.
-// Files that are not results are skipped; unreadable ones are an error.
+// Files that are not results are skipped, and so are profiled runs (the
+// profiler's cost is not the server's); unreadable files are an error.
 func Load(dir string) ([]result, error) {
 	var out []result
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -47,7 +49,7 @@ func Load(dir string) ([]result, error) {
 			return err
 		}
 		var r result
-		if err := json.Unmarshal(b, &r); err != nil || r.Scenario == "" || r.Figures == nil {
+		if err := json.Unmarshal(b, &r); err != nil || r.Scenario == "" || r.Figures == nil || len(r.Profiles) > 0 {
 			return nil
 		}
 		out = append(out, r)

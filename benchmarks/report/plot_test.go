@@ -69,6 +69,22 @@ func TestPlotDrawsEveryChart(t *testing.T) {
 	}
 }
 
+func TestLoadSkipsProfiledRuns(t *testing.T) {
+	in := t.TempDir()
+	plain := res("unicast", "herald", 15000, 5000, map[string]float64{"latency_p99_ms": 20})
+	profiled := res("unicast", "herald", 15000, 5000, map[string]float64{"latency_p99_ms": 90})
+	profiled["profiles"] = []string{"cpu.pprof"}
+	writeResult(t, in, "plain.json", plain)
+	writeResult(t, in, "profiled.json", profiled)
+	rs, err := Load(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 || rs[0].Figures["latency_p99_ms"] != 20 {
+		t.Fatalf("loaded %+v, want only the run without profiles", rs)
+	}
+}
+
 func TestPlotWithoutResults(t *testing.T) {
 	_, err := Plot(t.TempDir(), t.TempDir(), "svg")
 	if !errors.Is(err, ErrNoResults) {
