@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -134,4 +135,59 @@ func TestPosterReusesConnections(t *testing.T) {
 		t.Fatalf("wrong key: %d %v", status, err)
 	}
 	bad.close()
+}
+
+func TestPostRetriesWithTheSameKey(t *testing.T) {
+	var calls atomic.Int64
+	keys := make(chan string, 16)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m struct{ Key string }
+		if err := json.NewDecoder(r.Body).Decode(&m); err != nil || m.Key == "" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		keys <- m.Key
+		if calls.Add(1) <= 2 { // the store is slow twice
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprint(w, `{"error":{"code":"store_unavailable","message":"retry with the same key"}}`)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		fmt.Fprintf(w, `{"id":"id-%s"}`, m.Key)
+	}))
+	t.Cleanup(srv.Close)
+	s := &Server{Kind: "herald", HTTP: srv.URL, apiKey: "k"}
+	t.Cleanup(func() { s.poster.close() })
+	id, err := s.Post(context.Background(), []string{"alice"})
+	if err != nil {
+		t.Fatalf("post: %v", err)
+	}
+	if got := s.retries.Load(); got != 2 {
+		t.Fatalf("retries = %d, want 2", got)
+	}
+	close(keys)
+	var seen []string
+	for k := range keys {
+		seen = append(seen, k)
+	}
+	if len(seen) != 3 || seen[0] != seen[1] || seen[1] != seen[2] || id != "id-"+seen[0] {
+		t.Fatalf("keys %v, id %s: want one key sent three times", seen, id)
+	}
+
+	// A 4xx is an answer, not a reason to retry.
+	var refused atomic.Int64
+	strict := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		refused.Add(1)
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `{"error":{"code":"bad_request","message":"no"}}`)
+	}))
+	t.Cleanup(strict.Close)
+	bad := &Server{Kind: "herald", HTTP: strict.URL, apiKey: "k"}
+	t.Cleanup(func() { bad.poster.close() })
+	if _, err := bad.Post(context.Background(), []string{"alice"}); err == nil {
+		t.Fatal("a 400 was taken as accepted")
+	}
+	if n := refused.Load(); n != 1 || bad.retries.Load() != 0 {
+		t.Fatalf("%d POSTs and %d retries for a 400, want 1 and 0", n, bad.retries.Load())
+	}
 }

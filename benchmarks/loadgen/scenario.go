@@ -646,6 +646,7 @@ type sent struct {
 	cpu    time.Duration // servers
 	load   time.Duration // the load tool
 	posts  []int64       // POST round trips, ns
+	retry  int64         // POSTs repeated (see Server.postRetrying)
 }
 
 // send posts p.Rate messages a second for p.Duration to random users,
@@ -714,6 +715,9 @@ func (r *run) send(ctx context.Context, via []*Server) (*sent, error) {
 	out.took = time.Since(start)
 	out.cpu = r.serverCPU() - cpu0
 	out.load = r.loadCPU() - load0
+	for _, v := range via {
+		out.retry += v.retries.Swap(0)
+	}
 	if n := errs.Load(); n > 0 {
 		err, _ := firstErr.Load().(error)
 		return out, fmt.Errorf("%d of %d POSTs failed, e.g. %v", n, total, err)
@@ -790,6 +794,10 @@ func (r *run) finishUnicast(ctx context.Context, s *sent, reconnects int, churn 
 	f["load_tool_cpu_cores"] = s.load.Seconds() / s.took.Seconds()
 	r.latencyFigures("latency_", rc.Latencies)
 	r.latencyFigures("post_", s.posts)
+	r.res.Figures["post_retries"] = float64(s.retry)
+	if s.retry > 0 {
+		r.logf("%d POSTs were retried (5xx or a broken connection), with the same key", s.retry)
+	}
 	// Herald's own view, from its histograms (bucket upper bounds).
 	for _, srv := range r.servers {
 		if srv.Kind != "herald" {

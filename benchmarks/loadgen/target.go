@@ -44,6 +44,8 @@ type Server struct {
 	poster     *poster
 	posterErr  error
 	seq        atomic.Int64
+	retries    atomic.Int64 // POSTs repeated after a 5xx or a broken connection
+	keyPrefix  string       // idempotency keys: unique to this Server value
 	client     *http.Client
 }
 
@@ -359,13 +361,24 @@ func (s *Server) Post(ctx context.Context, users []string) (string, error) {
 	now := time.Now().UnixNano()
 	var body []byte
 	var path string
+	s.posterOnce.Do(func() {
+		s.poster, s.posterErr = newPoster(s.HTTP, s.apiKey)
+		s.keyPrefix = randomHex(8)
+	})
+	if s.posterErr != nil {
+		return "", s.posterErr
+	}
 	if s.Kind == "herald" {
+		// Every message carries an idempotency key, as a publisher's
+		// should: a POST that failed (503 when the store is slow, a broken
+		// connection) is retried with the same key and cannot be stored
+		// twice.
 		path = "/v1/messages"
 		if users == nil {
-			body = fmt.Appendf(nil, `{"broadcast":true,"data":{"t":%d,"n":%d},"ttl":"1h"}`, now, n)
+			body = fmt.Appendf(nil, `{"broadcast":true,"data":{"t":%d,"n":%d},"ttl":"1h","key":"%s-%d"}`, now, n, s.keyPrefix, n)
 		} else {
 			to, _ := json.Marshal(users)
-			body = fmt.Appendf(nil, `{"to":%s,"data":{"t":%d,"n":%d},"ttl":"1h"}`, to, now, n)
+			body = fmt.Appendf(nil, `{"to":%s,"data":{"t":%d,"n":%d},"ttl":"1h","key":"%s-%d"}`, to, now, n, s.keyPrefix, n)
 		}
 	} else {
 		if users != nil {
@@ -374,11 +387,7 @@ func (s *Server) Post(ctx context.Context, users []string) (string, error) {
 		path = "/broadcast"
 		body = fmt.Appendf(nil, `{"type":"message","id":"b-%d","data":{"t":%d,"n":%d},"ts":%d}`, n, now, n, now/1e6)
 	}
-	s.posterOnce.Do(func() { s.poster, s.posterErr = newPoster(s.HTTP, s.apiKey) })
-	if s.posterErr != nil {
-		return "", s.posterErr
-	}
-	status, b, err := s.poster.post(ctx, path, body)
+	status, b, err := s.postRetrying(ctx, path, body)
 	if err != nil {
 		return "", err
 	}
@@ -393,6 +402,30 @@ func (s *Server) Post(ctx context.Context, users []string) (string, error) {
 		return "", fmt.Errorf("POST answer %q", b)
 	}
 	return r.ID, nil
+}
+
+// PostAttempts bounds how often one message is posted before the run
+// fails; the waits between attempts grow from 50 ms to 2 s.
+const PostAttempts = 8
+
+// postRetrying posts body, again after a 5xx answer or a transport error
+// (a keyed Herald message cannot be stored twice). Only Herald's bodies are
+// retried: a baseline's broadcast has no key.
+func (s *Server) postRetrying(ctx context.Context, path string, body []byte) (int, []byte, error) {
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		status, b, err := s.poster.post(ctx, path, body)
+		if (err == nil && status < 500) || s.Kind != "herald" || attempt == PostAttempts || ctx.Err() != nil {
+			return status, b, err
+		}
+		s.retries.Add(1)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // lineLog keeps a server's last log lines for error reports.
