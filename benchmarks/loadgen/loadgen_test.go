@@ -156,7 +156,7 @@ func TestPostRetriesWithTheSameKey(t *testing.T) {
 		fmt.Fprintf(w, `{"id":"id-%s"}`, m.Key)
 	}))
 	t.Cleanup(srv.Close)
-	s := &Server{Kind: "herald", HTTP: srv.URL, apiKey: "k"}
+	s := &Server{Kind: "herald", HTTP: srv.URL, apiKey: "k", keys: true}
 	t.Cleanup(func() { s.poster.close() })
 	id, err := s.Post(context.Background(), []string{"alice"})
 	if err != nil {
@@ -182,7 +182,7 @@ func TestPostRetriesWithTheSameKey(t *testing.T) {
 		fmt.Fprint(w, `{"error":{"code":"bad_request","message":"no"}}`)
 	}))
 	t.Cleanup(strict.Close)
-	bad := &Server{Kind: "herald", HTTP: strict.URL, apiKey: "k"}
+	bad := &Server{Kind: "herald", HTTP: strict.URL, apiKey: "k", keys: true}
 	t.Cleanup(func() { bad.poster.close() })
 	if _, err := bad.Post(context.Background(), []string{"alice"}); err == nil {
 		t.Fatal("a 400 was taken as accepted")

@@ -48,6 +48,7 @@ type Params struct {
 	Nodes       int           `json:"nodes"`       // cluster: Herald nodes
 	Workers     int           `json:"workers"`     // worker processes; 0: in-process up to PerWorker, else one per PerWorker
 	Ack         bool          `json:"ack"`
+	Keys        bool          `json:"keys"` // Herald messages carry an idempotency key
 	HeraldArgs  []string      `json:"herald_args,omitempty"`
 	URLs        []string      `json:"urls,omitempty"`        // running servers to measure (then the tool starts none)
 	SourceIPs   []string      `json:"source_ips,omitempty"`  // client source addresses (default: 127.0.0.2... for loopback targets)
@@ -509,6 +510,9 @@ func (r *run) broadcast(ctx context.Context) error {
 func (r *run) broadcasts(ctx context.Context, via []*Server) error {
 	k := max(r.p.Broadcasts, 1)
 	n := int64(r.p.Conns)
+	for _, s := range via {
+		s.keys = r.p.Keys
+	}
 	expect := map[string][]string{}
 	var lastDelivery []float64
 	base := r.counters(ctx).Unique
@@ -661,6 +665,9 @@ func (r *run) send(ctx context.Context, via []*Server) (*sent, error) {
 		d = 10 * time.Second
 	}
 	total := int(rate * d.Seconds())
+	for _, s := range via {
+		s.keys = r.p.Keys
+	}
 	out := &sent{expect: make(map[string][]string, total), via: make(map[string]string, total)}
 	var mu sync.Mutex
 	var errs atomic.Int64

@@ -45,6 +45,7 @@ type Server struct {
 	posterErr  error
 	seq        atomic.Int64
 	retries    atomic.Int64 // POSTs repeated after a 5xx or a broken connection
+	keys       bool         // Herald messages carry an idempotency key
 	keyPrefix  string       // idempotency keys: unique to this Server value
 	client     *http.Client
 }
@@ -369,16 +370,20 @@ func (s *Server) Post(ctx context.Context, users []string) (string, error) {
 		return "", s.posterErr
 	}
 	if s.Kind == "herald" {
-		// Every message carries an idempotency key, as a publisher's
-		// should: a POST that failed (503 when the store is slow, a broken
-		// connection) is retried with the same key and cannot be stored
-		// twice.
+		// With keys, a retried POST (see postRetrying) cannot store the
+		// message twice. Without, a retry after a 5xx that had in fact
+		// stored the message delivers a copy under an ID the check never
+		// expects, and so ignores.
 		path = "/v1/messages"
+		key := ""
+		if s.keys {
+			key = fmt.Sprintf(`,"key":"%s-%d"`, s.keyPrefix, n)
+		}
 		if users == nil {
-			body = fmt.Appendf(nil, `{"broadcast":true,"data":{"t":%d,"n":%d},"ttl":"1h","key":"%s-%d"}`, now, n, s.keyPrefix, n)
+			body = fmt.Appendf(nil, `{"broadcast":true,"data":{"t":%d,"n":%d},"ttl":"1h"%s}`, now, n, key)
 		} else {
 			to, _ := json.Marshal(users)
-			body = fmt.Appendf(nil, `{"to":%s,"data":{"t":%d,"n":%d},"ttl":"1h","key":"%s-%d"}`, to, now, n, s.keyPrefix, n)
+			body = fmt.Appendf(nil, `{"to":%s,"data":{"t":%d,"n":%d},"ttl":"1h"%s}`, to, now, n, key)
 		}
 	} else {
 		if users != nil {
@@ -408,9 +413,10 @@ func (s *Server) Post(ctx context.Context, users []string) (string, error) {
 // fails; the waits between attempts grow from 50 ms to 2 s.
 const PostAttempts = 8
 
-// postRetrying posts body, again after a 5xx answer or a transport error
-// (a keyed Herald message cannot be stored twice). Only Herald's bodies are
-// retried: a baseline's broadcast has no key.
+// postRetrying posts body, again after a 5xx answer or a transport error,
+// as a publisher would: Herald's 503 says nothing was accepted, and a keyed
+// message cannot be stored twice anyway. Baselines' broadcasts are not
+// retried.
 func (s *Server) postRetrying(ctx context.Context, path string, body []byte) (int, []byte, error) {
 	wait := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {

@@ -30,6 +30,7 @@ type result struct {
 	Params   struct {
 		Conns int     `json:"conns"`
 		Rate  float64 `json:"rate"`
+		Keys  bool    `json:"keys"`
 	} `json:"params"`
 	Figures  map[string]float64 `json:"figures"`
 	Profiles []string           `json:"profiles"`
@@ -172,7 +173,8 @@ func Plot(dir, out, format string) ([]string, error) {
 
 // unicastLatency is p50, p99 and p99.9 of single-node Herald unicast runs
 // against their rate (the median over runs at a rate), at the most common
-// connection count.
+// connection count; runs with idempotency keys (--keys) make a p99 line of
+// their own.
 func unicastLatency(rs []result) []series {
 	count := map[int]int{}
 	for _, r := range rs {
@@ -187,14 +189,23 @@ func unicastLatency(rs []result) []series {
 		}
 	}
 	lines := map[string]*series{}
-	for _, q := range []string{"p50", "p99", "p999"} {
+	for _, q := range []string{"p50", "p99", "p999", "p99 keyed"} {
+		fig, keyed := "latency_"+q+"_ms", false
+		if q == "p99 keyed" {
+			fig, keyed = "latency_p99_ms", true
+		}
 		byRate := map[float64][]float64{}
 		for _, r := range rs {
-			if v, ok := r.Figures["latency_"+q+"_ms"]; ok && v > 0 && r.Scenario == "unicast" && r.Target == "herald" && r.Params.Conns == conns {
+			if v, ok := r.Figures[fig]; ok && v > 0 && r.Scenario == "unicast" && r.Target == "herald" &&
+				r.Params.Conns == conns && r.Params.Keys == keyed {
 				byRate[r.Params.Rate] = append(byRate[r.Params.Rate], v)
 			}
 		}
-		s := &series{name: fmt.Sprintf("%s, %d conns", q, conns)}
+		name := fmt.Sprintf("%s, %d conns", q, conns)
+		if keyed {
+			name = fmt.Sprintf("p99 with idempotency keys, %d conns", conns)
+		}
+		s := &series{name: name}
 		for rate, vs := range byRate {
 			s.add(rate, median(vs))
 		}

@@ -42,6 +42,9 @@ func TestPlotDrawsEveryChart(t *testing.T) {
 		writeResult(t, in, "u"+string(rune('0'+int(rate/1000)))+".json", res("unicast", "herald", 15000, rate,
 			map[string]float64{"latency_p50_ms": 2, "latency_p99_ms": 20, "latency_p999_ms": 40}))
 	}
+	keyed := res("unicast", "herald", 15000, 5000, map[string]float64{"latency_p99_ms": 25})
+	keyed["params"].(map[string]any)["keys"] = true
+	writeResult(t, in, "keyed.json", keyed)
 	writeResult(t, in, "notes.json", map[string]any{"hello": "not a result"})
 
 	out := t.TempDir()
@@ -60,6 +63,10 @@ func TestPlotDrawsEveryChart(t *testing.T) {
 		if !strings.Contains(string(b), "<svg") {
 			t.Fatalf("%s is not SVG", f)
 		}
+	}
+	lat, _ := os.ReadFile(filepath.Join(out, "unicast-latency.svg"))
+	if !strings.Contains(string(lat), "idempotency keys") {
+		t.Fatal("latency plot has no line for runs with keys")
 	}
 	mem, _ := os.ReadFile(filepath.Join(out, "memory-per-conn.svg"))
 	for _, want := range []string{"herald", "gorilla"} {

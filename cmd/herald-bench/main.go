@@ -102,6 +102,7 @@ func scenarioFlags(name string, stderr io.Writer) (*flag.FlagSet, *common) {
 	fs.IntVar(&c.p.Nodes, "nodes", 3, "cluster: Herald nodes")
 	fs.IntVar(&c.p.Workers, "workers", 0, "worker `processes` (0: in-process up to 18,000 connections, else one per 18,000)")
 	fs.BoolVar(&c.p.Ack, "ack", true, "clients ack every message, as real clients do")
+	fs.BoolVar(&c.p.Keys, "keys", false, "unicast, churn, cluster, broadcast: give every message an idempotency key (costs the store a lookup and a write)")
 	fs.StringVar(&c.p.Target, "target", "herald", "server: herald, or a baseline: gorilla, gobwas, gws, nbio")
 	fs.StringVar(&c.out, "out", filepath.Join("benchmarks", "results", name), "`directory` for the JSON results (and profiles)")
 	fs.StringVar(&c.bins, "bin-dir", "", "`directory` for the built binaries (default: a cache directory)")
