@@ -151,7 +151,7 @@ func Plot(dir, out, format string) ([]string, error) {
 			byTarget(rs, "idle", "rss_per_conn_bytes", 1.0/1024)},
 		{"broadcast-time", "Broadcast: time to last delivery (median of runs)", "connections", "ms", false,
 			byTarget(rs, "broadcast", "last_delivery_p50_ms", 1)},
-		{"unicast-latency", "Unicast: end-to-end latency, POST accepted to client receipt", "messages per second", "ms (log scale)", true,
+		{"unicast-latency", "Unicast: end-to-end latency, from the POST to the client's receipt", "messages per second", "ms (log scale)", true,
 			unicastLatency(rs)},
 	}
 	var files []string
