@@ -130,34 +130,61 @@ func (c *cluster) apply(ev gossip.Event) {
 	c.n.log.Debug("membership", "event", ev.Type.String(), "member", m.ID, "incarnation", m.Incarnation, "push_nodes", len(pushIDs))
 }
 
-// retireLocked forgets an incarnation that left or was replaced: its RPC
-// peer is closed and, if this node is the designated survivor, its
-// bindings are purged so nobody waits for its lease to expire.
+// retireLocked forgets an incarnation that left or was replaced, after
+// DepartGrace: then its RPC peer is closed and, if this node is the
+// designated survivor, its bindings are purged so nobody waits for its
+// lease to expire. A node that gossip declared dead by mistake (it was
+// only slow to answer probes, and refuted) is back by then: it keeps its
+// peer, so deliveries queued for it still go out, and its users stay
+// bound, so messages keep finding them.
 func (c *cluster) retireLocked(m gossip.Member) {
 	if m.ID == c.n.self.ID && m.Incarnation == c.n.self.Incarnation {
 		return
 	}
-	if m.RPCAddr != "" {
-		if cur, ok := c.members[m.ID]; !ok || cur.RPCAddr != m.RPCAddr {
-			go c.rpc.Remove(m.RPCAddr)
-		}
-	}
-	if !m.HasRole(string(RolePush)) || c.n.cfg.Bindings == nil || !c.survivorLocked() {
-		return
-	}
-	dead := storage.Node{ID: m.ID, Incarnation: m.Incarnation}
 	c.n.bg.Add(1)
 	go func() {
 		defer c.n.bg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		removed, err := c.n.cfg.Bindings.Purge(ctx, dead)
-		if err != nil {
-			c.n.log.Warn("purging a departed node's bindings failed; they expire with its lease", "node", dead.String(), "err", err)
-			return
+		if g := c.n.cfg.DepartGrace; g > 0 {
+			t := time.NewTimer(g)
+			select {
+			case <-t.C:
+			case <-c.n.stop:
+				t.Stop()
+				return
+			}
 		}
-		c.n.log.Info("purged a departed node's bindings", "node", dead.String(), "bindings", removed)
+		c.retire(m)
 	}()
+}
+
+// retire does what retireLocked deferred, unless m is a member again.
+func (c *cluster) retire(m gossip.Member) {
+	c.mu.Lock()
+	cur, ok := c.members[m.ID]
+	if ok && cur.Incarnation == m.Incarnation {
+		c.mu.Unlock()
+		c.n.metrics.departRefuted.Inc()
+		c.n.log.Info("a departed node came back within the grace period; keeping its bindings", "node", m.ID, "incarnation", m.Incarnation)
+		return
+	}
+	removePeer := m.RPCAddr != "" && (!ok || cur.RPCAddr != m.RPCAddr)
+	purge := m.HasRole(string(RolePush)) && c.n.cfg.Bindings != nil && c.survivorLocked()
+	c.mu.Unlock()
+	if removePeer {
+		c.rpc.Remove(m.RPCAddr)
+	}
+	if !purge {
+		return
+	}
+	dead := storage.Node{ID: m.ID, Incarnation: m.Incarnation}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	removed, err := c.n.cfg.Bindings.Purge(ctx, dead)
+	if err != nil {
+		c.n.log.Warn("purging a departed node's bindings failed; they expire with its lease", "node", dead.String(), "err", err)
+		return
+	}
+	c.n.log.Info("purged a departed node's bindings", "node", dead.String(), "bindings", removed)
 }
 
 // survivorLocked reports whether this node is the one that cleans up after

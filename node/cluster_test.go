@@ -6,12 +6,14 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/heraldpush/herald/gossip"
 	"github.com/heraldpush/herald/node"
 	"github.com/heraldpush/herald/node/nodetest"
 	"github.com/heraldpush/herald/storage"
@@ -279,6 +281,86 @@ func TestDeadNodeBindingsPurgedButNotItsSuccessors(t *testing.T) {
 	}
 	if got := lookup(); !slices.Equal(got, []string{back.ID().ID}) {
 		t.Fatalf("after the old incarnation's purge: bound to %v", got)
+	}
+}
+
+// A node that gossip declares dead by mistake (it only missed probes: a
+// long pause, a starved CPU) and that comes back within DepartGrace keeps
+// its bindings and its RPC peers: messages sent meanwhile still reach its
+// users. Before DepartGrace, the survivor purged a live node's bindings at
+// once and such messages waited for the user's next reconnect.
+func TestFalseDeathKeepsBindingsAndDeliveries(t *testing.T) {
+	exclusive(t)
+	c, ns := threeNodes(t, func(cfg *node.Config) {
+		cfg.LeaseTTL = time.Minute // only a purge could remove the binding
+		cfg.DepartGrace = time.Second
+	})
+	victim := ns[0] // the lowest ID: one of the others is the survivor
+	for _, n := range ns[1:] {
+		if n.ID().ID < victim.ID().ID {
+			victim = n
+		}
+	}
+	client, _ := victim.Connect("falsely-dead", "")
+	probe := c.Redis.Open(t)
+	t.Cleanup(func() { probe.Close() })
+	lookup := func() []string {
+		got, err := probe.Lookup(context.Background(), []string{"falsely-dead"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got["falsely-dead"]
+	}
+	if got := lookup(); !slices.Equal(got, []string{victim.ID().ID}) {
+		t.Fatalf("bound to %v", got)
+	}
+	var others []*nodetest.Node
+	for _, n := range ns {
+		if n != victim {
+			others = append(others, n)
+		}
+	}
+	m, ok := others[0].GossipMember(victim.ID().ID)
+	if !ok {
+		t.Fatal("the others do not know the victim")
+	}
+	refuted := func(n *nodetest.Node) float64 {
+		for _, line := range strings.Split(n.Get("/metrics").Body, "\n") {
+			if v, ok := strings.CutPrefix(line, "herald_cluster_departures_refuted_total "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return -1
+	}
+	for _, n := range others {
+		n.ApplyGossip(gossip.Event{Type: gossip.Leave, Member: m})
+	}
+	// While the others think it dead, a message for its user is posted
+	// through one of them; it waits for the victim (DeferTimeout) ...
+	id := others[0].Send("sent while dead", "falsely-dead")
+	// ... which refutes its death.
+	for _, n := range others {
+		n.ApplyGossip(gossip.Event{Type: gossip.Join, Member: m})
+	}
+	if got := client.Message(); got.ID != id {
+		t.Fatalf("got %s, want %s", got.ID, id)
+	}
+	storagetest.Eventually(t, 15*time.Second, func() error {
+		for _, n := range others {
+			if v := refuted(n); v < 1 {
+				return fmt.Errorf("%s: herald_cluster_departures_refuted_total %v", n.ID().ID, v)
+			}
+		}
+		return nil
+	})
+	if got := lookup(); !slices.Equal(got, []string{victim.ID().ID}) {
+		t.Fatalf("after a refuted death: bound to %v, want the victim still", got)
+	}
+	// And a message posted after the grace still arrives through the peer.
+	id = others[1].Send("after the grace", "falsely-dead")
+	if got := client.Message(); got.ID != id {
+		t.Fatalf("got %s, want %s", got.ID, id)
 	}
 }
 

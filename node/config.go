@@ -145,6 +145,13 @@ type Config struct {
 	// binding store names but gossip has not announced yet (it just
 	// joined); past it they are skipped and wait for replay.
 	DeferTimeout time.Duration
+	// DepartGrace is how long a node that left gossip, or was declared
+	// dead, is given to come back before this node closes its RPC peer and
+	// (if this node is the designated survivor) purges its bindings. A node
+	// that only missed probes for a moment (a long GC pause, a starved
+	// CPU) refutes its death within it and loses nothing. 0 retires at
+	// once.
+	DepartGrace time.Duration
 
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
@@ -185,6 +192,10 @@ func DefaultConfig() Config {
 		LookupTimeout: time.Second,
 		// Gossip spreads a join across a LAN cluster in well under a second.
 		DeferTimeout: 2 * time.Second,
+		// memberlist's LAN profile declares a silent node dead after about
+		// 5 s; one that was only slow refutes within a gossip round or two.
+		// Lease expiry (LeaseTTL) would take 15 s.
+		DepartGrace: 5 * time.Second,
 	}
 }
 
@@ -248,6 +259,8 @@ func (c *Config) Validate() error {
 		return errors.New("node config: LookupTimeout must be positive")
 	case c.DeferTimeout < 0:
 		return errors.New("node config: DeferTimeout must not be negative")
+	case c.DepartGrace < 0:
+		return errors.New("node config: DepartGrace must not be negative")
 	}
 	if !c.Standalone {
 		if len(c.ClusterSecret) < 16 {

@@ -26,6 +26,7 @@ type metrics struct {
 	forwardFailed                                                                prometheus.Counter
 	misrouted                                                                    prometheus.Counter
 	deferred                                                                     prometheus.Counter
+	departRefuted                                                                prometheus.Counter
 }
 
 func newMetrics(reg *prometheus.Registry) (*metrics, error) {
@@ -74,6 +75,9 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 		misrouted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_push_misrouted_total", Help: "Recipients of a delivery that had no connection here and were looked up again.",
 		}),
+		departRefuted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_cluster_departures_refuted_total", Help: "Nodes that left gossip or were declared dead and came back within DepartGrace (kept their bindings).",
+		}),
 	}
 	m.postAccepted = m.posts.WithLabelValues("accepted")
 	m.postDuplicate = m.posts.WithLabelValues("duplicate")
@@ -82,7 +86,7 @@ func newMetrics(reg *prometheus.Registry) (*metrics, error) {
 	m.postUnavailable = m.posts.WithLabelValues("unavailable")
 	for _, c := range []prometheus.Collector{m.posts, m.appendSeconds, m.dispatchQueue, m.dispatchDropped,
 		m.dispatchLatency, m.delivered, m.swept, m.bindErrors, m.lookupErrors, m.ringRouted, m.forwarded,
-		m.forwardFailed, m.misrouted, m.deferred,
+		m.forwardFailed, m.misrouted, m.deferred, m.departRefuted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register node metrics: %w", err)

@@ -137,13 +137,18 @@ func Start(t testing.TB, o Options) *Node {
 	cfg.LeaseTTL = 3 * time.Second
 	cfg.DrainTimeout = 5 * time.Second
 	cfg.DrainSpread = 100 * time.Millisecond
+	// Test gossip probes are fast (FastGossip), so a node starved of CPU
+	// under -race is declared dead now and then; it refutes within this.
+	cfg.DepartGrace = 2 * time.Second
 	// A cluster of one, unless the test makes it more.
 	cfg.ClusterSecret = []byte(randomHex(32))
 	cfg.RPCAddr = "127.0.0.1:0"
 	cfg.Gossip.BindAddr, cfg.Gossip.BindPort = "127.0.0.1", 0
 	FastGossip(&cfg)
 	if os.Getenv("HERALD_TEST_LOG") != "" {
-		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		w := testWriter{t: t, done: new(atomic.Bool)}
+		t.Cleanup(func() { w.done.Store(true) }) // registered first: runs after the node's own cleanup
+		cfg.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	if o.Config != nil {
 		o.Config(&cfg)
@@ -413,9 +418,17 @@ func decode(t testing.TB, body string, v any) {
 }
 
 // testWriter sends a node's log to its test's log (HERALD_TEST_LOG=1).
-type testWriter struct{ t testing.TB }
+// memberlist's Shutdown does not wait for a probe in flight, which may
+// still log after the test ended; t.Log would panic then, so such lines are
+// dropped.
+type testWriter struct {
+	t    testing.TB
+	done *atomic.Bool
+}
 
 func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
+	if !w.done.Load() {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
 	return len(p), nil
 }
