@@ -247,6 +247,16 @@ func TestKilledNodeUsersReconnectAndReplay(t *testing.T) {
 	}
 }
 
+// boundTo returns the nodes the binding store has user bound to.
+func boundTo(t *testing.T, b storage.Bindings, user string) []string {
+	t.Helper()
+	got, err := b.Lookup(context.Background(), []string{user})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got[user]
+}
+
 func TestDeadNodeBindingsPurgedButNotItsSuccessors(t *testing.T) {
 	exclusive(t)
 	// A long lease: if the bindings go away quickly, the purge did it.
@@ -255,13 +265,7 @@ func TestDeadNodeBindingsPurgedButNotItsSuccessors(t *testing.T) {
 	victim.Connect("purge-me", "")
 	probe := c.Redis.Open(t)
 	t.Cleanup(func() { probe.Close() })
-	lookup := func() []string {
-		got, err := probe.Lookup(context.Background(), []string{"purge-me"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return got["purge-me"]
-	}
+	lookup := func() []string { return boundTo(t, probe, "purge-me") }
 	if got := lookup(); !slices.Equal(got, []string{victim.ID().ID}) {
 		t.Fatalf("bound to %v", got)
 	}
@@ -304,13 +308,7 @@ func TestFalseDeathKeepsBindingsAndDeliveries(t *testing.T) {
 	client, _ := victim.Connect("falsely-dead", "")
 	probe := c.Redis.Open(t)
 	t.Cleanup(func() { probe.Close() })
-	lookup := func() []string {
-		got, err := probe.Lookup(context.Background(), []string{"falsely-dead"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return got["falsely-dead"]
-	}
+	lookup := func() []string { return boundTo(t, probe, "falsely-dead") }
 	if got := lookup(); !slices.Equal(got, []string{victim.ID().ID}) {
 		t.Fatalf("bound to %v", got)
 	}
