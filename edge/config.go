@@ -41,7 +41,7 @@ var ErrAuthUnavailable = errors.New("edge: auth service unavailable")
 // It is called from handshake goroutines, concurrently.
 type Replayer interface {
 	// Replay has the contract of storage.Messages.Replay.
-	Replay(ctx context.Context, user, after string, limit int) ([]*storage.Message, error)
+	Replay(ctx context.Context, q storage.ReplayQuery) ([]*storage.Message, bool, error)
 }
 
 // Listener is told when users come online and go offline on this edge and

@@ -201,7 +201,7 @@ func (s *Server) replay(c *Conn, since string) (int, map[string]struct{}, error)
 	cutoff := time.Now().Add(-s.cfg.ReplayDedupe)
 	for {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
-		msgs, err := s.cfg.Replayer.Replay(ctx, c.user, after, s.cfg.ReplayPage)
+		msgs, more, err := s.cfg.Replayer.Replay(ctx, storage.ReplayQuery{User: c.user, After: after, Limit: s.cfg.ReplayPage})
 		cancel()
 		if err != nil {
 			return n, nil, err
@@ -222,7 +222,7 @@ func (s *Server) replay(c *Conn, since string) (int, map[string]struct{}, error)
 				recent[m.ID] = struct{}{}
 			}
 		}
-		if len(msgs) < s.cfg.ReplayPage {
+		if !more {
 			return n, recent, nil
 		}
 	}

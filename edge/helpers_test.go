@@ -84,26 +84,32 @@ type fakeStore struct {
 	err  error
 }
 
-func (f *fakeStore) Replay(ctx context.Context, user, after string, limit int) ([]*storage.Message, error) {
+func (f *fakeStore) Replay(ctx context.Context, q storage.ReplayQuery) ([]*storage.Message, bool, error) {
 	if f.gate != nil {
 		select {
 		case <-f.gate:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		}
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil {
-		return nil, f.err
+		return nil, false, f.err
 	}
 	var out []*storage.Message
+	size := 0
 	for _, m := range f.msgs {
-		if m.ID > after && m.Addressed(user) && len(out) < limit {
-			out = append(out, m)
+		if m.ID <= q.After || !m.Addressed(q.User) {
+			continue
 		}
+		if len(out) == q.Limit || (q.MaxBytes > 0 && size >= q.MaxBytes) {
+			return out, true, nil
+		}
+		out = append(out, m)
+		size += len(m.Data)
 	}
-	return out, nil
+	return out, false, nil
 }
 
 type testEdge struct {

@@ -16,6 +16,9 @@ var (
 	ErrUnavailable = errors.New("storage: backend unavailable")
 	// ErrClosed: the store was closed.
 	ErrClosed = errors.New("storage: closed")
+	// ErrFenced: Append of an ID that [Messages.Resolve] declared never
+	// stored. Nothing was written.
+	ErrFenced = errors.New("storage: message id fenced")
 	// ErrInvalid: the argument breaks the contract (empty user, bad ID ...).
 	ErrInvalid = errors.New("storage: invalid argument")
 )

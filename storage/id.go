@@ -78,6 +78,45 @@ func (g *IDGenerator) Next() (string, time.Time) {
 	return string(b[:]), time.UnixMilli(ms)
 }
 
+// Floor returns an ID that is less than or equal to every ID Next will
+// return from now on: a watermark for "nothing below this will be issued
+// any more". It is safe for concurrent use with Next.
+func (g *IDGenerator) Floor() string {
+	g.mu.Lock()
+	ms := g.now().UnixMilli()
+	last, seq := g.last, g.seq
+	g.mu.Unlock()
+	if ms > last {
+		return IDAt(time.UnixMilli(ms))
+	}
+	// Next stays in millisecond last (or borrows last+1): its ID is at
+	// least (last, seq+1) with the smallest tag.
+	if seq >= idSeqMax {
+		return IDAt(time.UnixMilli(last + 1))
+	}
+	var b [IDLen]byte
+	putBase32(b[:idTimeLen], uint64(last))
+	putBase32(b[idTimeLen:idTimeLen+idSeqLen], uint64(seq+1))
+	putBase32(b[idTimeLen+idSeqLen:], 0)
+	return string(b[:])
+}
+
+// PrevID returns the greatest ID that sorts before id, which must be
+// well formed: the inclusive bound that goes with an exclusive one.
+// PrevID of the smallest ID is "", which sorts before every ID.
+func PrevID(id string) string {
+	b := []byte(id)
+	for i := len(b) - 1; i >= 0; i-- {
+		v := idIndex[b[i]]
+		if v > 0 {
+			b[i] = idAlphabet[v-1]
+			return string(b)
+		}
+		b[i] = idAlphabet[len(idAlphabet)-1] // borrow
+	}
+	return ""
+}
+
 // IDAt returns the smallest ID of millisecond t: every ID created at or
 // after t compares greater than or equal to it, every earlier one less.
 func IDAt(t time.Time) string {

@@ -113,3 +113,45 @@ func TestValidateUser(t *testing.T) {
 		}
 	}
 }
+
+func TestFloorBoundsEveryLaterID(t *testing.T) {
+	t.Parallel()
+	clock := time.UnixMilli(1_700_000_000_000)
+	var mu sync.Mutex
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	g := NewIDGenerator(now)
+	step := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
+	for i := 0; i < 2000; i++ {
+		f := g.Floor()
+		id, _ := g.Next()
+		if id < f {
+			t.Fatalf("step %d: id %s below the floor %s given just before", i, id, f)
+		}
+		switch i % 7 {
+		case 0:
+			step(time.Millisecond)
+		case 3:
+			step(-3 * time.Millisecond) // the clock steps back
+		}
+	}
+}
+
+func TestPrevID(t *testing.T) {
+	t.Parallel()
+	g := NewIDGenerator(nil)
+	for range 100 {
+		id, _ := g.Next()
+		p := PrevID(id)
+		if _, err := ParseID(p); err != nil || p >= id {
+			t.Fatalf("PrevID(%s) = %s: not a smaller ID (%v)", id, p, err)
+		}
+	}
+	ms := time.UnixMilli(1_700_000_000_001)
+	at := IDAt(ms)
+	if got, want := PrevID(at), IDAt(ms.Add(-time.Millisecond))[:idTimeLen]+"zzzzzzzzzz"; got != want {
+		t.Fatalf("PrevID(%s) = %s, want %s (the last ID of the millisecond before)", at, got, want)
+	}
+	if PrevID("00000000000000000000") != "" {
+		t.Fatal("PrevID of the smallest ID should be empty")
+	}
+}

@@ -110,13 +110,23 @@ type Messages interface {
 	// Otherwise Append returns m itself.
 	Append(ctx context.Context, m *Message) (*Message, error)
 
-	// Replay returns, in ID order, up to limit unexpired messages addressed
-	// to user (listed in To, or broadcast) whose ID is greater than after.
-	// An empty after means from the beginning. Fewer than limit results
-	// means there are no more; otherwise the caller pages by passing the
-	// last returned ID as after. An invalid user, cursor or limit fails
-	// with [ErrInvalid].
-	Replay(ctx context.Context, user, after string, limit int) ([]*Message, error)
+	// Replay returns, in ID order, the unexpired messages addressed to
+	// q.User (listed in To, or broadcast) whose ID is greater than q.After
+	// (an empty After means from the beginning): at most q.Limit of them,
+	// and, with q.MaxBytes set, no more once their data adds up to
+	// MaxBytes (the first is always returned, whatever its size). more
+	// reports that the page was cut short by one of the limits: page on by
+	// passing the last returned ID as After. An invalid user, cursor or
+	// limit fails with [ErrInvalid].
+	Replay(ctx context.Context, q ReplayQuery) (msgs []*Message, more bool, err error)
+
+	// Resolve settles an earlier Append of m whose outcome is unknown (it
+	// failed with [ErrUnavailable], or its caller gave up waiting): it
+	// returns the stored message if that append committed, or nil if it
+	// did not, in which case it never will (a later Append of m.ID fails
+	// with [ErrFenced]). An error means the outcome is still unknown; call
+	// again later. Resolve may be called any number of times.
+	Resolve(ctx context.Context, m *Message) (*Message, error)
 
 	// Get returns one unexpired message by ID, or an error wrapping
 	// [ErrNotFound].
@@ -134,6 +144,19 @@ type Messages interface {
 
 	// Close releases the store. Calls after Close return [ErrClosed].
 	Close() error
+}
+
+// ReplayQuery selects what [Messages.Replay] returns.
+type ReplayQuery struct {
+	// User whose messages (addressed to it, or broadcast) to return.
+	User string
+	// After is an exclusive lower bound on the IDs; "" for none.
+	After string
+	// Limit is the most messages to return; at least 1.
+	Limit int
+	// MaxBytes, when positive, stops the page once the data of the
+	// messages returned adds up to at least MaxBytes.
+	MaxBytes int
 }
 
 // Node identifies one incarnation of a push node. A restarted node keeps its
@@ -181,6 +204,11 @@ type Bindings interface {
 	// not one per user. An invalid user ID fails the whole call with
 	// [ErrInvalid].
 	Lookup(ctx context.Context, users []string) (map[string][]string, error)
+
+	// LeaseHolder returns the incarnation of node id whose lease is alive,
+	// or "" if none is. A node that another one cannot reach over the
+	// network may still be alive: its lease says whether it is.
+	LeaseHolder(ctx context.Context, id string) (incarnation string, err error)
 
 	// Purge removes every binding of incarnation n and its lease, and
 	// reports how many bindings it removed. Bindings and the lease of a

@@ -17,6 +17,7 @@
 //	b <id>                    -> (empty) broadcasts, in ID order
 //	k <idempotency key>       -> <id><expiry ms>
 //	e <expiry ms, 8 bytes> <id> -> (empty) the expiry index
+//	f <id>                    -> (empty) a fence: this ID is never stored
 //
 // An append is one synced batch holding all of a message's keys, so it is
 // atomic. Idempotency keys are checked and written under a lock striped by

@@ -155,6 +155,8 @@ func broadcastKey(id string) []byte { return append([]byte{'b'}, id...) }
 
 func idemKey(key string) []byte { return append([]byte{'k'}, key...) }
 
+func fenceKey(id string) []byte { return append([]byte{'f'}, id...) }
+
 func expiryKey(exp time.Time, id string) []byte {
 	k := make([]byte, 9, 9+len(id))
 	k[0] = 'e'
@@ -291,12 +293,18 @@ func (s *Messages) Append(ctx context.Context, m *storage.Message) (*storage.Mes
 	mu.Lock()
 	defer mu.Unlock()
 
-	// A retry of a stored ID stores nothing new.
+	// A retry of a stored ID stores nothing new; a fenced one nothing at all.
 	if s.mayHold(m.ID) {
 		if old, err := s.get(m.ID); err == nil {
 			return old, nil
 		} else if !errors.Is(err, storage.ErrNotFound) {
 			return nil, fmt.Errorf("append %s: %w", m.ID, err)
+		}
+		if _, closer, err := s.db.Get(fenceKey(m.ID)); err == nil {
+			closer.Close()
+			return nil, fmt.Errorf("append %s: %w", m.ID, storage.ErrFenced)
+		} else if !errors.Is(err, pebble.ErrNotFound) {
+			return nil, fmt.Errorf("append %s: read fence: %w", m.ID, err)
 		}
 	}
 	now := time.Now()
@@ -380,47 +388,50 @@ func (s *Messages) Get(_ context.Context, id string) (*storage.Message, error) {
 }
 
 // Replay implements storage.Messages.
-func (s *Messages) Replay(ctx context.Context, user, after string, limit int) ([]*storage.Message, error) {
-	if limit <= 0 {
-		return nil, fmt.Errorf("%w: replay limit %d", storage.ErrInvalid, limit)
+func (s *Messages) Replay(ctx context.Context, q storage.ReplayQuery) ([]*storage.Message, bool, error) {
+	if q.Limit <= 0 {
+		return nil, false, fmt.Errorf("%w: replay limit %d", storage.ErrInvalid, q.Limit)
 	}
-	if after != "" {
-		if _, err := storage.ParseID(after); err != nil {
-			return nil, err
+	if q.After != "" {
+		if _, err := storage.ParseID(q.After); err != nil {
+			return nil, false, err
 		}
 	}
-	if err := storage.ValidateUser(user); err != nil {
-		return nil, err
+	if err := storage.ValidateUser(q.User); err != nil {
+		return nil, false, err
 	}
 	if err := s.enter(); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer s.leave()
 
-	inbox := inboxPrefix(user)
-	inboxIt, err := s.idIter(inbox, after)
+	inboxIt, err := s.idIter(inboxPrefix(q.User), q.After)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer inboxIt.close()
-	bcastIt, err := s.idIter([]byte{'b'}, after)
+	bcastIt, err := s.idIter([]byte{'b'}, q.After)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer bcastIt.close()
 
 	now := time.Now()
 	var out []*storage.Message
-	for len(out) < limit {
+	size := 0
+	for {
+		if len(out) >= q.Limit || (q.MaxBytes > 0 && size >= q.MaxBytes) {
+			return out, true, nil
+		}
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("replay %s: %w: %v", user, storage.ErrUnavailable, err)
+			return nil, false, fmt.Errorf("replay %s: %w: %v", q.User, storage.ErrUnavailable, err)
 		}
 		a, aok := inboxIt.peek()
 		b, bok := bcastIt.peek()
 		var id string
 		switch {
 		case !aok && !bok:
-			return out, nil
+			return out, false, nil
 		case aok && (!bok || a <= b):
 			id = a
 			inboxIt.next()
@@ -436,13 +447,46 @@ func (s *Messages) Replay(ctx context.Context, user, after string, limit int) ([
 			continue // swept between the index and the record
 		}
 		if err != nil {
-			return nil, fmt.Errorf("replay %s: %w", user, err)
+			return nil, false, fmt.Errorf("replay %s: %w", q.User, err)
 		}
 		if m.ExpiresAt.After(now) {
 			out = append(out, m)
+			size += len(m.Data)
 		}
 	}
-	return out, nil
+}
+
+// Resolve implements storage.Messages. An embedded Append never outlives
+// its call, so once it has returned, its message is stored or never will
+// be: Resolve reads it, and if it is absent writes a fence so that the ID
+// can never be stored later.
+func (s *Messages) Resolve(_ context.Context, m *storage.Message) (*storage.Message, error) {
+	if _, err := storage.ParseID(m.ID); err != nil {
+		return nil, err
+	}
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	defer s.leave()
+	mu := s.lockFor("i" + m.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	old, err := s.get(m.ID)
+	switch {
+	case err == nil:
+		return old, nil
+	case !errors.Is(err, storage.ErrNotFound):
+		return nil, fmt.Errorf("resolve %s: %w", m.ID, err)
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	_ = b.Set(fenceKey(m.ID), nil, nil)
+	_ = b.Set(expiryKey(m.ExpiresAt, m.ID), nil, nil) // the sweeper removes the fence with the expiry
+	if err := b.Commit(s.sync); err != nil {
+		return nil, fmt.Errorf("resolve %s: commit fence: %w", m.ID, err)
+	}
+	s.stored(m.ID) // Append must look for it
+	return nil, nil
 }
 
 // idIter walks the IDs under a prefix, after a cursor.
@@ -512,6 +556,7 @@ func (s *Messages) DeleteExpired(ctx context.Context, now time.Time) (int, error
 		_ = b.Delete(ek, nil)
 		m, err := s.get(id)
 		if errors.Is(err, storage.ErrNotFound) {
+			_ = b.Delete(fenceKey(id), nil) // a fence expires like the message it stands for
 			continue
 		}
 		if err != nil {

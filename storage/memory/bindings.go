@@ -203,6 +203,22 @@ func (b *Bindings) Lookup(_ context.Context, users []string) (map[string][]strin
 	return out, nil
 }
 
+// LeaseHolder implements storage.Bindings.
+func (b *Bindings) LeaseHolder(_ context.Context, id string) (string, error) {
+	if id == "" {
+		return "", fmt.Errorf("%w: lease holder: empty node ID", storage.ErrInvalid)
+	}
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return "", storage.ErrClosed
+	}
+	if l, ok := b.leases[id]; ok && b.now().Before(l.expires) {
+		return l.incarnation, nil
+	}
+	return "", nil
+}
+
 // Purge implements storage.Bindings.
 func (b *Bindings) Purge(_ context.Context, n storage.Node) (int, error) {
 	if err := checkNode(n); err != nil {

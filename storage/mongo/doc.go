@@ -14,6 +14,7 @@
 //	  k:    "k:order-1",               // "k:"+idempotency key, or "i:"+_id without one
 //	  ca:   ISODate(...),              // created, millisecond precision
 //	  ex:   ISODate(...),              // expires, millisecond precision
+//	  fn:   true,                      // only on a fence (see Resolve), else absent
 //	}
 //
 // Appending a message is one insert, whatever its number of recipients, so
@@ -55,6 +56,19 @@
 // With write concern majority, the read that confirms a retried ID uses read
 // concern majority, so a retry is reported stored only once it is durable.
 // Nothing needs a transaction, an upsert, or a change stream.
+//
+// # Settling an abandoned append
+//
+// An append whose caller gave up (a timeout) may still commit. Resolve
+// settles it with a fence: it inserts a document with the same _id, no
+// recipients and the key "f:"+_id. Exactly one of the two inserts wins on
+// the unique _id. If the fence wins the message never commits (a later
+// insert of its ID fails with [storage.ErrFenced]); if it loses, the
+// stored document is returned. Fences match no Replay (their to is empty),
+// Get reports them not found, and they expire with the message. The client
+// sets a client-wide operation timeout, so every insert carries maxTimeMS
+// and the server drops an insert it could not apply in time rather than
+// applying it late.
 //
 // # Expiry
 //

@@ -17,6 +17,7 @@ const (
 	fieldKey       = "k"
 	fieldCreated   = "ca"
 	fieldExpires   = "ex"
+	fieldFence     = "fn"
 )
 
 // Index names. Fixed names make creating them idempotent and let an
@@ -31,8 +32,9 @@ const (
 // ID when it has none, so that every document has a distinct k and a plain
 // unique index needs no sparse or partial filter (which FerretDB lacks).
 const (
-	keyPrefix = "k:"
-	idPrefix  = "i:"
+	keyPrefix   = "k:"
+	idPrefix    = "i:"
+	fencePrefix = "f:"
 )
 
 // document is a message as stored. See the package documentation.
@@ -44,6 +46,17 @@ type document struct {
 	Key       string    `bson:"k"`
 	CreatedAt time.Time `bson:"ca"`
 	ExpiresAt time.Time `bson:"ex"`
+	// Fence marks a document that stands for a message whose append was
+	// abandoned (Messages.Resolve): it holds the ID so that the append can
+	// never commit, has no recipients, and is never returned.
+	Fence bool `bson:"fn,omitempty"`
+}
+
+// fenceDocument is the fence for message m: its ID, no recipients, m's
+// expiry (so the sweeper removes it), and a key no message can have.
+func fenceDocument(m *storage.Message) *document {
+	return &document{ID: m.ID, To: []string{}, Data: []byte("null"), Key: fencePrefix + m.ID,
+		CreatedAt: m.CreatedAt, ExpiresAt: m.ExpiresAt, Fence: true}
 }
 
 // storedKey is the k field of m.

@@ -136,7 +136,7 @@ func TestRecoversAfterRestart(t *testing.T) {
 	before := g.Msg(time.Hour, "alice")
 	storagetest.MustAppend(t, s, before)
 	srv.Stop()
-	if _, err := s.Replay(ctxT(t), "alice", "", 10); !errors.Is(err, storage.ErrUnavailable) {
+	if _, _, err := s.Replay(ctxT(t), storage.ReplayQuery{User: "alice", Limit: 10}); !errors.Is(err, storage.ErrUnavailable) {
 		t.Fatalf("replay while down: %v", err)
 	}
 	srv.Start()

@@ -75,6 +75,8 @@ func (s *Messages) resolveDuplicate(ctx context.Context, op string, m *storage.M
 	var stored document
 	err = s.confirm.FindOne(ctx, bson.D{{Key: fieldID, Value: m.ID}}).Decode(&stored)
 	switch {
+	case err == nil && stored.Fence:
+		return nil, false, fmt.Errorf("mongo: %s: %w", op, storage.ErrFenced)
 	case err == nil:
 		return stored.message(), false, nil
 	case !errors.Is(err, mongodriver.ErrNoDocuments):
@@ -112,48 +114,105 @@ func (s *Messages) resolveDuplicate(ctx context.Context, op string, m *storage.M
 }
 
 // Replay runs one query on the inbox index: recipients include user or the
-// broadcast marker, ID after the cursor, not expired, in ID order.
-func (s *Messages) Replay(ctx context.Context, user, after string, limit int) ([]*storage.Message, error) {
+// broadcast marker, ID after the cursor, not expired, in ID order. With
+// MaxBytes it reads the cursor in small batches and stops once the page is
+// full, so a backlog of large messages is never loaded whole.
+func (s *Messages) Replay(ctx context.Context, q storage.ReplayQuery) ([]*storage.Message, bool, error) {
 	if s.closed.Load() {
-		return nil, fmt.Errorf("mongo: replay: %w", storage.ErrClosed)
+		return nil, false, fmt.Errorf("mongo: replay: %w", storage.ErrClosed)
 	}
-	if err := storage.ValidateUser(user); err != nil {
-		return nil, fmt.Errorf("mongo: replay: %w", err)
+	if err := storage.ValidateUser(q.User); err != nil {
+		return nil, false, fmt.Errorf("mongo: replay: %w", err)
 	}
-	if after != "" {
-		if _, err := storage.ParseID(after); err != nil {
-			return nil, fmt.Errorf("mongo: replay: cursor: %w", err)
+	if q.After != "" {
+		if _, err := storage.ParseID(q.After); err != nil {
+			return nil, false, fmt.Errorf("mongo: replay: cursor: %w", err)
 		}
 	}
-	if limit <= 0 {
-		return nil, fmt.Errorf("mongo: replay: %w: limit %d, want at least 1", storage.ErrInvalid, limit)
+	if q.Limit <= 0 {
+		return nil, false, fmt.Errorf("mongo: replay: %w: limit %d, want at least 1", storage.ErrInvalid, q.Limit)
 	}
-	op := "replay " + user
+	op := "replay " + q.User
+	ctx, cancel := s.opContext(ctx)
+	defer cancel()
+	if err := s.begin(ctx, op); err != nil {
+		return nil, false, err
+	}
+	filter := bson.D{{Key: fieldTo, Value: bson.D{{Key: "$in", Value: bson.A{q.User, storage.BroadcastUser}}}}}
+	if q.After != "" {
+		filter = append(filter, bson.E{Key: fieldID, Value: bson.D{{Key: "$gt", Value: q.After}}})
+	}
+	filter = append(filter, bson.E{Key: fieldExpires, Value: bson.D{{Key: "$gt", Value: time.Now()}}})
+	fo := options.Find().SetSort(bson.D{{Key: fieldID, Value: 1}}).SetLimit(int64(q.Limit))
+	if q.MaxBytes > 0 {
+		// The driver holds one batch at a time: keep it small, so that a
+		// page stopped by MaxBytes has not read much beyond it.
+		fo.SetBatchSize(int32(min(q.Limit, replayBatch)))
+	}
+	cur, err := s.coll.Find(ctx, filter, fo)
+	if err != nil {
+		return nil, false, wrap(op, err)
+	}
+	defer cur.Close(context.WithoutCancel(ctx))
+	var out []*storage.Message
+	size := 0
+	for cur.Next(ctx) {
+		var d document
+		if err := cur.Decode(&d); err != nil {
+			return nil, false, wrap(op, err)
+		}
+		out = append(out, d.message())
+		size += len(d.Data)
+		if q.MaxBytes > 0 && size >= q.MaxBytes {
+			return out, true, nil
+		}
+	}
+	if err := cur.Err(); err != nil {
+		return nil, false, wrap(op, err)
+	}
+	return out, len(out) == q.Limit, nil
+}
+
+// replayBatch is the cursor batch size of a Replay with MaxBytes.
+const replayBatch = 16
+
+// Resolve settles an append whose outcome is unknown by inserting a fence:
+// a document with the message's ID and no recipients. The unique _id makes
+// exactly one of the two writes win. If the fence wins, the append never
+// commits; if it loses, the document that holds the ID is the message (or
+// a fence from an earlier Resolve).
+func (s *Messages) Resolve(ctx context.Context, m *storage.Message) (*storage.Message, error) {
+	if m == nil {
+		return nil, fmt.Errorf("mongo: resolve: %w: nil message", storage.ErrInvalid)
+	}
+	if _, err := storage.ParseID(m.ID); err != nil {
+		return nil, fmt.Errorf("mongo: resolve: %w", err)
+	}
+	op := "resolve " + m.ID
 	ctx, cancel := s.opContext(ctx)
 	defer cancel()
 	if err := s.begin(ctx, op); err != nil {
 		return nil, err
 	}
-	filter := bson.D{{Key: fieldTo, Value: bson.D{{Key: "$in", Value: bson.A{user, storage.BroadcastUser}}}}}
-	if after != "" {
-		filter = append(filter, bson.E{Key: fieldID, Value: bson.D{{Key: "$gt", Value: after}}})
+	_, err := s.coll.InsertOne(ctx, fenceDocument(m))
+	if err == nil {
+		return nil, nil
 	}
-	filter = append(filter, bson.E{Key: fieldExpires, Value: bson.D{{Key: "$gt", Value: time.Now()}}})
-	cur, err := s.coll.Find(ctx, filter, options.Find().
-		SetSort(bson.D{{Key: fieldID, Value: 1}}).
-		SetLimit(int64(limit)))
-	if err != nil {
+	if !mongodriver.IsDuplicateKeyError(err) {
 		return nil, wrap(op, err)
 	}
-	var docs []document
-	if err := cur.All(ctx, &docs); err != nil {
-		return nil, wrap(op, err)
+	var d document
+	err = s.coll.FindOne(ctx, bson.D{{Key: fieldID, Value: m.ID}}).Decode(&d)
+	switch {
+	case err == nil && d.Fence:
+		return nil, nil
+	case err == nil:
+		return d.message(), nil
+	case errors.Is(err, mongodriver.ErrNoDocuments):
+		// The holder vanished (swept: it expired): nothing to deliver.
+		return nil, nil
 	}
-	out := make([]*storage.Message, len(docs))
-	for i := range docs {
-		out[i] = docs[i].message()
-	}
-	return out, nil
+	return nil, wrap(op, err)
 }
 
 // Get reads one message by ID and reports ErrNotFound if it has expired.
@@ -179,6 +238,8 @@ func (s *Messages) Get(ctx context.Context, id string) (*storage.Message, error)
 		return nil, fmt.Errorf("mongo: %s: %w", op, storage.ErrNotFound)
 	case err != nil:
 		return nil, wrap(op, err)
+	case doc.Fence:
+		return nil, fmt.Errorf("mongo: %s: %w (fenced)", op, storage.ErrNotFound)
 	case doc.expired(time.Now()):
 		return nil, fmt.Errorf("mongo: %s: %w (expired)", op, storage.ErrNotFound)
 	}

@@ -121,7 +121,7 @@ func TestReplayValidatesUser(t *testing.T) {
 	t.Parallel()
 	s := newShared(t)
 	for _, u := range []string{"", storage.BroadcastUser, "a\nb"} {
-		if _, err := s.Replay(ctxT(t), u, "", 10); !errors.Is(err, storage.ErrInvalid) {
+		if _, _, err := s.Replay(ctxT(t), storage.ReplayQuery{User: u, Limit: 10}); !errors.Is(err, storage.ErrInvalid) {
 			t.Errorf("replay %q: %v, want ErrInvalid", u, err)
 		}
 	}

@@ -66,7 +66,13 @@ func New(ctx context.Context, cfg Config) (*Messages, error) {
 		SetAppName(cfg.AppName).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetServerSelectionTimeout(cfg.ServerSelectionTimeout).
-		SetReadPreference(readpref.Primary())
+		SetReadPreference(readpref.Primary()).
+		// A client-wide timeout turns on the driver's client-side operation
+		// timeout, which also sends maxTimeMS with every write: the server
+		// gives up on an insert it could not finish in time instead of
+		// applying it later, so an append the caller abandoned is settled
+		// within OperationTimeout (see Resolve).
+		SetTimeout(cfg.OperationTimeout)
 	if cfg.MaxPoolSize > 0 {
 		opts.SetMaxPoolSize(cfg.MaxPoolSize)
 	}

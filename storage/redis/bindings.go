@@ -161,6 +161,25 @@ func (b *Bindings) Lease(ctx context.Context, n storage.Node, ttl time.Duration)
 	return fresh == 1, nil
 }
 
+// LeaseHolder implements [storage.Bindings.LeaseHolder] with one GET of
+// the node's lease key, bypassing the lease cache.
+func (b *Bindings) LeaseHolder(ctx context.Context, id string) (string, error) {
+	if b.closed.Load() {
+		return "", fmt.Errorf("redis: lease holder %s: %w", id, storage.ErrClosed)
+	}
+	if id == "" {
+		return "", fmt.Errorf("redis: lease holder: %w: empty node ID", storage.ErrInvalid)
+	}
+	inc, err := b.client.Get(ctx, b.keys.lease(id)).Result()
+	if errors.Is(err, goredis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", b.wrapErr(err, "lease holder %s", id)
+	}
+	return inc, nil
+}
+
 // Bind implements [storage.Bindings.Bind]. Per batch of users it sends one
 // pipeline: a script per user that sets the node's field in the user's hash
 // and the hash's TTL together, and one that adds the batch to the node

@@ -66,7 +66,7 @@ func BenchReplay100(b *testing.B, s storage.Messages) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		got, err := s.Replay(ctx, "replay-user-42", "", 100)
+		got, _, err := s.Replay(ctx, storage.ReplayQuery{User: "replay-user-42", Limit: 100})
 		if err != nil || len(got) != 100 {
 			b.Fatalf("replay: %d, %v", len(got), err)
 		}

@@ -28,6 +28,7 @@ type BindingsFactory struct {
 // RunBindings runs the Bindings contract against f.
 func RunBindings(t *testing.T, f BindingsFactory) {
 	t.Run("LeaseFreshThenRenewed", func(t *testing.T) { t.Parallel(); bindingsLease(t, f) })
+	t.Run("LeaseHolder", func(t *testing.T) { t.Parallel(); bindingsLeaseHolder(t, f) })
 	t.Run("BindLookupUnbind", func(t *testing.T) { t.Parallel(); bindingsBasic(t, f) })
 	t.Run("SeveralNodesPerUser", func(t *testing.T) { t.Parallel(); bindingsMultiNode(t, f) })
 	t.Run("NoLeaseNoLookup", func(t *testing.T) { t.Parallel(); bindingsNeedLease(t, f) })
@@ -110,6 +111,45 @@ func bindingsLease(t *testing.T, f BindingsFactory) {
 	if !MustLease(t, b, nodeA2, time.Minute) {
 		t.Fatal("a new incarnation's first lease not reported fresh")
 	}
+}
+
+// LeaseHolder names the incarnation whose lease is alive: none before a
+// lease, the newest incarnation after one, none after a purge or once the
+// lease expired.
+func bindingsLeaseHolder(t *testing.T, f BindingsFactory) {
+	b := f.New(t)
+	holder := func(id string) string {
+		t.Helper()
+		inc, err := b.LeaseHolder(ctxT(t), id)
+		if err != nil {
+			t.Fatalf("lease holder of %s: %v", id, err)
+		}
+		return inc
+	}
+	if got := holder("node-a"); got != "" {
+		t.Fatalf("holder before any lease = %q", got)
+	}
+	MustLease(t, b, nodeA, time.Minute)
+	MustLease(t, b, nodeB, 300*time.Millisecond)
+	if got := holder("node-a"); got != nodeA.Incarnation {
+		t.Fatalf("holder = %q, want %q", got, nodeA.Incarnation)
+	}
+	MustLease(t, b, nodeA2, time.Minute)
+	if got := holder("node-a"); got != nodeA2.Incarnation {
+		t.Fatalf("holder after a restart = %q, want %q", got, nodeA2.Incarnation)
+	}
+	if _, err := b.Purge(ctxT(t), nodeA2); err != nil {
+		t.Fatal(err)
+	}
+	if got := holder("node-a"); got != "" {
+		t.Fatalf("holder after purge = %q", got)
+	}
+	Eventually(t, 10*time.Second, func() error {
+		if got := holder("node-b"); got != "" {
+			return fmt.Errorf("an expired lease is still held by %q", got)
+		}
+		return nil
+	})
 }
 
 func bindingsBasic(t *testing.T, f BindingsFactory) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,6 +35,8 @@ func RunMessages(t *testing.T, f MessagesFactory) {
 	t.Run("ReplayOrderedByID", func(t *testing.T) { t.Parallel(); messagesReplayOrdered(t, f) })
 	t.Run("ReplayOnlyAddressed", func(t *testing.T) { t.Parallel(); messagesReplayAddressed(t, f) })
 	t.Run("ReplayPagination", func(t *testing.T) { t.Parallel(); messagesReplayPagination(t, f) })
+	t.Run("ReplayMaxBytes", func(t *testing.T) { t.Parallel(); messagesReplayMaxBytes(t, f) })
+	t.Run("Resolve", func(t *testing.T) { t.Parallel(); messagesResolve(t, f) })
 	t.Run("ReplayManyRecipients", func(t *testing.T) { t.Parallel(); messagesManyRecipients(t, f) })
 	t.Run("Expiry", func(t *testing.T) { t.Parallel(); messagesExpiry(t, f) })
 	t.Run("Idempotency", func(t *testing.T) { t.Parallel(); messagesIdempotency(t, f) })
@@ -117,15 +120,18 @@ func ReplayAll(t testing.TB, s storage.Messages, user, after string, page int) [
 	t.Helper()
 	var all []*storage.Message
 	for {
-		got, err := s.Replay(ctxT(t), user, after, page)
+		got, more, err := s.Replay(ctxT(t), storage.ReplayQuery{User: user, After: after, Limit: page})
 		if err != nil {
 			t.Fatalf("replay %s after %q: %v", user, after, err)
 		}
 		if len(got) > page {
 			t.Fatalf("replay returned %d messages, limit %d", len(got), page)
 		}
+		if more != (len(got) == page) {
+			t.Fatalf("replay returned %d messages of a page of %d with more=%v", len(got), page, more)
+		}
 		all = append(all, got...)
-		if len(got) < page {
+		if !more {
 			return all
 		}
 		after = got[len(got)-1].ID
@@ -214,10 +220,10 @@ func messagesValidates(t *testing.T, f MessagesFactory) {
 	if got := ReplayAll(t, s, "alice", "", 10); len(got) != 0 {
 		t.Fatalf("invalid messages were stored: %v", ids(got))
 	}
-	if _, err := s.Replay(ctxT(t), "alice", "not-an-id", 10); !errors.Is(err, storage.ErrInvalid) {
+	if _, _, err := s.Replay(ctxT(t), storage.ReplayQuery{User: "alice", After: "not-an-id", Limit: 10}); !errors.Is(err, storage.ErrInvalid) {
 		t.Fatalf("replay with bad cursor = %v, want ErrInvalid", err)
 	}
-	if _, err := s.Replay(ctxT(t), "alice", "", 0); !errors.Is(err, storage.ErrInvalid) {
+	if _, _, err := s.Replay(ctxT(t), storage.ReplayQuery{User: "alice"}); !errors.Is(err, storage.ErrInvalid) {
 		t.Fatalf("replay with limit 0 = %v, want ErrInvalid", err)
 	}
 }
@@ -285,11 +291,98 @@ func messagesReplayPagination(t *testing.T, f MessagesFactory) {
 	for _, page := range []int{1, 3, 7, 25, 100} {
 		assertIDs(t, fmt.Sprintf("page size %d", page), ReplayAll(t, s, "alice", "", page), want)
 	}
-	first, err := s.Replay(ctxT(t), "alice", "", 10)
-	if err != nil {
-		t.Fatal(err)
+	first, more, err := s.Replay(ctxT(t), storage.ReplayQuery{User: "alice", Limit: 10})
+	if err != nil || !more {
+		t.Fatalf("first page: more=%v, %v", more, err)
 	}
 	assertIDs(t, "first page", first, want[:10])
+}
+
+// Pages bounded by bytes: each stops once its data reaches MaxBytes, the
+// first message always comes (even alone over the limit), and paging by
+// bytes returns everything, in order.
+func messagesReplayMaxBytes(t *testing.T, f MessagesFactory) {
+	s := f.New(t)
+	g := NewGen()
+	var want []string
+	for i := 0; i < 20; i++ {
+		m := g.Msg(time.Hour, "alice")
+		size := 100
+		if i == 7 {
+			size = 5000 // one message larger than a page
+		}
+		m.Data = json.RawMessage(fmt.Sprintf("%q", strings.Repeat("x", size-2)))
+		MustAppend(t, s, m)
+		want = append(want, m.ID)
+	}
+	var got []string
+	after := ""
+	for pages := 0; ; pages++ {
+		if pages > 40 {
+			t.Fatal("byte-bounded paging does not end")
+		}
+		page, more, err := s.Replay(ctxT(t), storage.ReplayQuery{User: "alice", After: after, Limit: 100, MaxBytes: 350})
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := 0
+		for i, m := range page {
+			if i > 0 && size >= 350 {
+				t.Fatalf("page went on after reaching MaxBytes: %d bytes before message %d", size, i)
+			}
+			size += len(m.Data)
+			got = append(got, m.ID)
+		}
+		if len(page) > 0 {
+			after = page[len(page)-1].ID
+		}
+		if !more {
+			break
+		}
+		if len(page) == 0 {
+			t.Fatal("an empty page says there is more")
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paging by bytes gave %v, want %v", got, want)
+	}
+}
+
+// Resolve settles an append whose outcome was lost: a stored message is
+// returned (and stays), an absent one is fenced for good (a late append
+// of its ID stores nothing, whatever it carries), and asking again gives
+// the same answers. Fences are invisible to Replay and Get.
+func messagesResolve(t *testing.T, f MessagesFactory) {
+	s := f.New(t)
+	g := NewGen()
+	stored := g.Msg(time.Hour, "alice")
+	MustAppend(t, s, stored)
+	lost := g.Msg(time.Hour, "alice")
+	lost.Key = "lost-key"
+	for range 2 {
+		got, err := s.Resolve(ctxT(t), stored)
+		if err != nil || got == nil || got.ID != stored.ID {
+			t.Fatalf("resolve of a stored message = %+v, %v", got, err)
+		}
+		assertSame(t, got, stored)
+		got, err = s.Resolve(ctxT(t), lost)
+		if err != nil || got != nil {
+			t.Fatalf("resolve of a message never stored = %+v, %v; want nil, nil", got, err)
+		}
+	}
+	if _, err := s.Append(ctxT(t), lost); !errors.Is(err, storage.ErrFenced) {
+		t.Fatalf("append of a fenced id = %v, want ErrFenced", err)
+	}
+	if _, err := s.Get(ctxT(t), lost.ID); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("get of a fenced id = %v, want ErrNotFound", err)
+	}
+	assertIDs(t, "alice", ReplayAll(t, s, "alice", "", 10), []string{stored.ID})
+	// The fence does not hold the lost message's idempotency key: a retry
+	// of that POST (a new ID, the same key) is stored.
+	retry := g.Msg(time.Hour, "alice")
+	retry.Key = "lost-key"
+	MustAppend(t, s, retry)
+	assertIDs(t, "alice after the retry", ReplayAll(t, s, "alice", "", 10), []string{stored.ID, retry.ID})
 }
 
 func messagesManyRecipients(t *testing.T, f MessagesFactory) {
@@ -454,7 +547,7 @@ func messagesClosed(t *testing.T, f MessagesFactory) {
 	if _, err := s.Append(ctxT(t), g.Msg(time.Hour, "a")); !errors.Is(err, storage.ErrClosed) {
 		t.Fatalf("append after close = %v, want ErrClosed", err)
 	}
-	if _, err := s.Replay(ctxT(t), "a", "", 10); !errors.Is(err, storage.ErrClosed) {
+	if _, _, err := s.Replay(ctxT(t), storage.ReplayQuery{User: "a", Limit: 10}); !errors.Is(err, storage.ErrClosed) {
 		t.Fatalf("replay after close = %v, want ErrClosed", err)
 	}
 }
@@ -494,7 +587,7 @@ func messagesServerGone(t *testing.T, f MessagesFactory) {
 	if _, err := s.Append(ctx, g.Msg(time.Hour, "alice")); !errors.Is(err, storage.ErrUnavailable) {
 		t.Fatalf("append with server gone = %v, want ErrUnavailable", err)
 	}
-	if _, err := s.Replay(ctx, "alice", "", 10); !errors.Is(err, storage.ErrUnavailable) {
+	if _, _, err := s.Replay(ctx, storage.ReplayQuery{User: "alice", Limit: 10}); !errors.Is(err, storage.ErrUnavailable) {
 		t.Fatalf("replay with server gone = %v, want ErrUnavailable", err)
 	}
 	if err := s.Ping(ctx); !errors.Is(err, storage.ErrUnavailable) {
