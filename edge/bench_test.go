@@ -16,7 +16,7 @@ func BenchmarkEncodeMessage(b *testing.B) {
 	id, at := storage.NewIDGenerator(nil).Next()
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = EncodeMessage(id, data, at)
+		_ = EncodeMessage(id, data, at, "")
 	}
 }
 
@@ -55,7 +55,7 @@ func BenchmarkBroadcast_5kConns(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		id, at := ids.Next()
-		if got := e.srv.Broadcast(EncodeMessage(id, data, at)); got != n {
+		if got := e.srv.Broadcast(EncodeMessage(id, data, at, "")); got != n {
 			b.Fatalf("broadcast reached %d of %d", got, n)
 		}
 	}
@@ -75,7 +75,7 @@ func BenchmarkDeliver_1kUsers(b *testing.B) {
 	for b.Loop() {
 		for i := range n {
 			id, at := ids.Next()
-			e.srv.Deliver(EncodeMessage(id, data, at), fmt.Sprint("u", i))
+			e.srv.Deliver(EncodeMessage(id, data, at, ""), fmt.Sprint("u", i))
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/message")

@@ -25,6 +25,7 @@ const (
 
 	CloseRestart      CloseCode = 4000 // the node is draining: reconnect elsewhere
 	CloseIdle         CloseCode = 4001 // nothing received within the idle timeout
+	CloseResync       CloseCode = 4003 // a resync went unanswered: reconnect and resume
 	CloseReplayFailed CloseCode = 4005 // the store could not replay: retry later
 	CloseSlowConsumer CloseCode = 4008 // the client fell too far behind
 	CloseTokenExpired CloseCode = 4010 // the token expired: reconnect with a new one
@@ -63,6 +64,8 @@ func (c CloseCode) String() string {
 		return "restart"
 	case CloseIdle:
 		return "idle timeout"
+	case CloseResync:
+		return "resync"
 	case CloseReplayFailed:
 		return "replay failed"
 	case CloseSlowConsumer:

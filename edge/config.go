@@ -45,10 +45,10 @@ type Replayer interface {
 }
 
 // Listener is told when users come online and go offline on this edge and
-// when clients ack. Online, Offline and Ack are called with internal locks
-// held, from many goroutines, and must return quickly without calling back
-// into the Server; for one user, Online and Offline calls alternate and
-// arrive in order.
+// when clients ack, and supplies resume cursors. Online, Offline, Ack and
+// Cursor are called with internal locks held, from many goroutines, and
+// must return quickly without calling back into the Server; for one user,
+// Online and Offline calls alternate and arrive in order.
 type Listener interface {
 	// Online: the user's first connection on this edge opened.
 	Online(user string)
@@ -57,12 +57,18 @@ type Listener interface {
 	// Ack: a client acknowledged message id.
 	Ack(user, id string)
 	// Settle returns once what Online started for user is done (its
-	// binding is written, or writing it failed), or ctx ends. The edge
-	// calls it, without locks, after registering a connection and before
-	// replaying or sending "ready": every message dispatched after that
-	// point finds the user, and every message stored before it is
-	// replayed, so none falls in between.
-	Settle(ctx context.Context, user string)
+	// binding is written, or writing it failed), or ctx ends, with the
+	// cursor for a connection registered before the call ("" if none can
+	// be given yet). The edge calls it, without locks, after registering a
+	// connection and before replaying or sending "ready": every message
+	// dispatched after that point finds the user, and every message stored
+	// before it is replayed, so none falls in between.
+	Settle(ctx context.Context, user string) (cursor string)
+	// Cursor returns the current cursor, without waiting: every message
+	// with an ID at or below it that this edge's connections should get
+	// has been handed to Deliver or Broadcast, or was stored before the
+	// connection's replay read the store. "" means none can be given yet.
+	Cursor() string
 }
 
 // Config configures a Server. Start from DefaultConfig.
@@ -109,12 +115,30 @@ type Config struct {
 	// ReadBufferBytes is the size of each worker's read buffer.
 	ReadBufferBytes int
 
-	// ReplayPage is how many messages a replay reads from the store at once.
+	// ReplayPage is the most messages a replay reads from the store at
+	// once. A page also stops at a quarter of WriteQueueBytes of message
+	// data, and the next page is read only once the client has taken the
+	// previous one, so a replaying connection holds at most about twice
+	// WriteQueueBytes, whatever its backlog.
 	ReplayPage int
-	// ReplayWindow widens replay to messages up to this much older than the
-	// client's since, because a message accepted by one collector may be
-	// delivered after a later one from another. Clients drop the repeats by
-	// ID. Zero replays exactly the messages after since.
+	// ReplayWorkers bounds the replays (page reads) running at once; more
+	// connections wait their turn, holding nothing but their place in
+	// line. Replays do not hold handshake slots.
+	ReplayWorkers int
+	// MaxSeen bounds the message IDs a client may list in seen= (or in a
+	// resume frame): the messages above its cursor it already has.
+	MaxSeen int
+	// ResyncTimeout is how long a connection asked to resync (Resync) has
+	// to answer with its resume position before it is closed with
+	// CloseResync, so that it reconnects and resumes.
+	ResyncTimeout time.Duration
+	// ReplayWindow widens the replay of a client that sends since without
+	// seen (an older client, which resumes from the last message ID it
+	// saw) to messages up to this much older than since, because a message
+	// accepted by one collector may be delivered after a later one from
+	// another. Such clients drop the repeats by ID. A client that sends
+	// seen (its cursor and the IDs above it it has) gets an exact replay.
+	// Zero replays exactly the messages after since.
 	ReplayWindow time.Duration
 	// ReplayDedupe is how long after a replay the edge drops live copies of
 	// the messages it replayed: a message stored before the replay read the
@@ -169,6 +193,16 @@ func DefaultConfig() Config {
 		Workers:         4 * runtime.GOMAXPROCS(0),
 		ReadBufferBytes: 8 << 10,
 		ReplayPage:      256,
+		// Replays wait on the store, not the CPU: enough to keep a store
+		// busy after a reconnect storm, few enough that their pages (at
+		// most WriteQueueBytes/4 each) stay small in all.
+		ReplayWorkers: 64,
+		// A client's cursor lags a few seconds at most; 128 IDs cover a
+		// user receiving dozens of messages a second and fit a URL.
+		MaxSeen: 128,
+		// Ten seconds covers a client on a slow network; one that has not
+		// answered by then is closed and resumes on its own.
+		ResyncTimeout: 10 * time.Second,
 		// Covers store latency and clock skew between collectors.
 		ReplayWindow: 5 * time.Second,
 		// Dispatch normally takes milliseconds; 30 s covers a backlog.
@@ -207,6 +241,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("edge config: ReadBufferBytes %d is below 512", c.ReadBufferBytes)
 	case c.ReplayPage < 1:
 		return errors.New("edge config: ReplayPage must be at least 1")
+	case c.ReplayWorkers < 1:
+		return errors.New("edge config: ReplayWorkers must be at least 1")
+	case c.MaxSeen < 0 || c.MaxSeen > 4096:
+		return errors.New("edge config: MaxSeen must be between 0 and 4096")
+	case c.ResyncTimeout <= 0:
+		return errors.New("edge config: ResyncTimeout must be positive")
 	case c.ReplayWindow < 0:
 		return errors.New("edge config: ReplayWindow must not be negative")
 	case c.ReplayDedupe < 0 || c.ReplayDedupe > 24*time.Hour:

@@ -1,7 +1,6 @@
 package edge
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -60,11 +59,13 @@ type Conn struct {
 	lingerDone bool   // after our close frame, do not wait for the peer's
 	peerClosed bool   // the client's close frame arrived
 	registered bool   // counted by Server.register
+	live       bool   // the handshake is done: ready sent or replay started
 	wq         [][]byte
 	woff       int // bytes of wq[0] already written
 	wbytes     int // bytes in wq not yet written
 	hold       *holdState
 	recent     *recentSet
+	job        *replayJob // a replay or resync in progress (replay.go)
 }
 
 // recentSet remembers, for a while after a replay, the recently created
@@ -89,7 +90,6 @@ type holdState struct {
 	frames   []*Frame
 	bytes    int
 	replayed map[string]struct{}
-	space    chan struct{} // closed when the write queue drains, if waited on
 }
 
 // closeError is a reason to close a connection.
@@ -330,6 +330,8 @@ func (c *Conn) onMessage(op ws.OpCode, p []byte) *closeError {
 		}
 	case clientPing:
 		c.send(pongFrame.b)
+	case clientResume:
+		return c.onResume(m)
 	}
 	return nil
 }
@@ -410,6 +412,13 @@ func (c *Conn) queueLocked(b []byte) bool {
 		c.slowLocked()
 		return false
 	}
+	return c.pushLocked(b)
+}
+
+// pushLocked writes b, or queues what the socket does not take, with no
+// bound on the queue (queueLocked checks it). It reports false if the
+// socket failed.
+func (c *Conn) pushLocked(b []byte) bool {
 	if len(c.wq) == 0 && !c.wantOut && c.state != stateClosed {
 		// The common case: nothing queued, so write at once and queue only
 		// what the socket did not take.
@@ -423,6 +432,7 @@ func (c *Conn) queueLocked(b []byte) bool {
 			c.srv.reap(c)
 			return false
 		}
+		n = max(n, 0)
 		c.srv.metrics.bytesOut.Add(float64(n))
 		c.wq = append(c.wq, b)
 		c.woff = n
@@ -481,9 +491,8 @@ func (c *Conn) flushLocked() {
 		c.consumeLocked(n)
 	}
 	c.wantOut = false
-	if h := c.hold; h != nil && h.space != nil && c.wbytes <= c.srv.cfg.WriteQueueBytes/2 {
-		close(h.space)
-		h.space = nil
+	if c.job != nil {
+		c.replayDrainedLocked()
 	}
 	if c.closeSent && len(c.wq) == 0 && c.state == stateClosing {
 		c.closeFlushedLocked()
@@ -553,10 +562,6 @@ func (c *Conn) queueCloseLocked(payload []byte, noLinger bool) {
 	c.state = stateClosing
 	c.lingerDone = noLinger
 	c.closeSent = true
-	if c.hold != nil && c.hold.space != nil {
-		close(c.hold.space)
-		c.hold.space = nil
-	}
 	c.wq = append(c.wq, appendFrame(make([]byte, 0, 2+len(payload)), ws.OpClose, payload))
 	c.wbytes += 2 + len(payload)
 	c.srv.closing.add(c, c.srv.now()+uint32(c.srv.cfg.CloseTimeout/time.Millisecond))
@@ -585,10 +590,7 @@ func (c *Conn) teardown(cause error) {
 		return
 	}
 	c.state = stateClosed
-	if c.hold != nil && c.hold.space != nil {
-		close(c.hold.space)
-		c.hold.space = nil
-	}
+	c.dropJobLocked()
 	if c.registered {
 		c.srv.poller.remove(c)
 	}
@@ -616,48 +618,7 @@ func (c *Conn) beginHold() {
 	c.mu.Unlock()
 }
 
-// queueReplay queues one replayed frame, waiting while the client's queue
-// is full. It fails if the connection closes or the client takes longer
-// than wait to make room.
-func (c *Conn) queueReplay(ctx context.Context, f *Frame, wait time.Duration) error {
-	c.mu.Lock()
-	for c.state == stateOpen && c.wbytes+f.Len() > c.srv.cfg.WriteQueueBytes {
-		if c.hold.space == nil {
-			c.hold.space = make(chan struct{})
-		}
-		space := c.hold.space
-		c.mu.Unlock()
-		t := time.NewTimer(wait)
-		select {
-		case <-space:
-			t.Stop()
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-			c.mu.Lock()
-			if c.state == stateOpen {
-				c.slowLocked()
-			}
-			c.mu.Unlock()
-			return errSlowReplay
-		}
-		c.mu.Lock()
-	}
-	if c.state != stateOpen {
-		c.mu.Unlock()
-		return errConnClosed
-	}
-	c.hold.replayed[f.ID] = struct{}{}
-	c.queueLocked(f.b)
-	c.mu.Unlock()
-	return nil
-}
-
-var (
-	errConnClosed = errors.New("connection closed")
-	errSlowReplay = errors.New("client did not read its replay in time")
-)
+var errConnClosed = errors.New("connection closed")
 
 // endHold queues the ready frame, then the live frames held during the
 // replay that the replay did not already send. recent lists the replayed
@@ -666,6 +627,10 @@ var (
 func (c *Conn) endHold(ready *Frame, recent map[string]struct{}, dedupe uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.endHoldLocked(ready, recent, dedupe)
+}
+
+func (c *Conn) endHoldLocked(ready *Frame, recent map[string]struct{}, dedupe uint32) {
 	h := c.hold
 	c.hold = nil
 	if c.state != stateOpen {

@@ -6,11 +6,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"reflect"
 	"slices"
 	"testing"
 
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/heraldpush/herald/storage"
 )
 
 func FuzzParseHeader(f *testing.F) {
@@ -52,12 +55,14 @@ func FuzzDecodeClientMessage(f *testing.F) {
 	}
 	f.Add([]byte(`{"type":"ack","id":"01m8aq8msv000025ptet"}`))
 	f.Add([]byte(`{"type":"ack","id":"a\"b"}`))
+	f.Add([]byte(`{"type":"resume","since":"01m8aq8msv000025ptet","seen":["01m8aq8msv000025ptez"]}`))
+	f.Add([]byte(`{"type":"resume","seen":["nope"]}`))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		m, err := decodeClientMessage(p)
 		// The fast path agrees with encoding/json wherever it answers.
 		if fast, ok := decodeAck(p); ok {
 			var slow clientMessage
-			if jerr := json.Unmarshal(p, &slow); jerr != nil || slow != fast {
+			if jerr := json.Unmarshal(p, &slow); jerr != nil || !reflect.DeepEqual(slow, fast) {
 				t.Fatalf("fast ack %+v, encoding/json %+v %v for %q", fast, slow, jerr, p)
 			}
 		}
@@ -66,6 +71,13 @@ func FuzzDecodeClientMessage(f *testing.F) {
 		}
 		if m.Type == "" || (m.Type == clientAck && m.ID == "") {
 			t.Fatalf("accepted %q as %+v", p, m)
+		}
+		if m.Type == clientResume {
+			for _, id := range append([]string{m.Since}, m.Seen...) {
+				if _, err := storage.ParseID(id); id != "" && err != nil {
+					t.Fatalf("accepted resume %q with a bad id %q", p, id)
+				}
+			}
 		}
 		if !json.Valid(p) {
 			t.Fatalf("accepted invalid JSON %q", p)

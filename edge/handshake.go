@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/url"
@@ -63,16 +64,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, http.StatusUnauthorized, "missing_token", "pass a token as Authorization: Bearer, as subprotocol bearer.<token>, or as ?token=")
 		return
 	}
-	since := r.URL.Query().Get("since")
-	if since != "" {
-		if _, err := storage.ParseID(since); err != nil {
-			s.reject(w, http.StatusBadRequest, "bad_since", "since is not a message id")
-			return
-		}
-		if s.cfg.Replayer == nil {
-			s.reject(w, http.StatusBadRequest, "replay_unsupported", "this node has no message store to replay from")
-			return
-		}
+	rq, code, msg := s.parseResume(r.URL.Query())
+	if code != "" {
+		s.reject(w, http.StatusBadRequest, code, msg)
+		return
 	}
 
 	// A bounded number of handshakes at a time; the rest wait briefly.
@@ -131,11 +126,53 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rw != nil && rw.Reader.Buffered() > 0 {
 		early, _ = rw.Reader.Peek(rw.Reader.Buffered())
 	}
-	s.open(nc, early, id, since)
+	s.open(nc, early, id, rq)
 }
 
-// open makes an upgraded connection live and runs its replay.
-func (s *Server) open(nc net.Conn, early []byte, id Identity, since string) {
+// resumeQuery is what a client asked to resume from: since= and seen=.
+type resumeQuery struct {
+	since string
+	seen  map[string]struct{}
+	exact bool // seen= was given: replay exactly what is after since and not seen
+}
+
+// parseResume reads since= and seen= (comma-separated IDs); a problem
+// comes back as an error code and message for a 400.
+func (s *Server) parseResume(q url.Values) (rq resumeQuery, code, msg string) {
+	rq.since = q.Get("since")
+	if rq.since != "" {
+		if _, err := storage.ParseID(rq.since); err != nil {
+			return rq, "bad_since", "since is not a message id"
+		}
+		if s.cfg.Replayer == nil {
+			return rq, "replay_unsupported", "this node has no message store to replay from"
+		}
+	}
+	if !q.Has("seen") {
+		return rq, "", ""
+	}
+	rq.exact = true
+	var ids []string
+	for _, v := range q["seen"] {
+		for _, id := range strings.Split(v, ",") {
+			if id == "" {
+				continue
+			}
+			if _, err := storage.ParseID(id); err != nil {
+				return rq, "bad_seen", "seen holds something that is not a message id"
+			}
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) > s.cfg.MaxSeen {
+		return rq, "bad_seen", fmt.Sprintf("seen lists %d ids; at most %d", len(ids), s.cfg.MaxSeen)
+	}
+	rq.seen = seenSet(ids)
+	return rq, "", ""
+}
+
+// open makes an upgraded connection live and starts its replay.
+func (s *Server) open(nc net.Conn, early []byte, id Identity, rq resumeQuery) {
 	fd, keep, err := s.poller.detach(nc)
 	if err != nil {
 		s.log.Error("upgraded connection has no usable socket", "err", err)
@@ -148,10 +185,10 @@ func (s *Server) open(nc net.Conn, early []byte, id Identity, since string) {
 	}
 	c.lastRead.Store(s.now())
 	c.busy = true // this goroutine owns the read side until register
-	// Everything accepted from here on reaches this connection live or by
-	// its replay, so the ready frame's cursor is this instant.
-	cursor := storage.IDAt(time.Now())
-	if since != "" {
+	// Without a cursor from the listener, this instant stands in: what is
+	// accepted from here on reaches the connection live or by its replay.
+	fallback := storage.IDAt(time.Now())
+	if rq.since != "" {
 		c.beginHold()
 	}
 	if len(early) > 0 { // frames the client sent right behind its request
@@ -162,70 +199,52 @@ func (s *Server) open(nc net.Conn, early []byte, id Identity, since string) {
 	if err := s.register(c); err != nil {
 		return
 	}
+	cursor := ""
 	if l := s.cfg.Listener; l != nil {
 		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
-		l.Settle(ctx, c.user)
+		cursor = l.Settle(ctx, c.user)
 		cancel()
 	}
-	ready := readyFrame{Type: "ready", User: c.user, Node: s.cfg.NodeID, Cursor: cursor}
-	var recent map[string]struct{}
-	if since != "" {
-		n, rec, err := s.replay(c, since)
-		recent = rec
-		ready.Replayed = n
-		if err != nil {
-			if !errors.Is(err, errConnClosed) && !errors.Is(err, errSlowReplay) {
-				s.log.Warn("replay failed", "user", c.user, "since", since, "err", err)
-				c.fail(&closeError{CloseReplayFailed, "replay failed; reconnect later"})
-			}
-			return
-		}
-		s.metrics.replayed.Add(float64(n))
+	if cursor == "" {
+		cursor = fallback
+		s.metrics.noCursor.Inc()
 	}
-	c.endHold(encodeJSONFrame(ready), recent, uint32(s.cfg.ReplayDedupe/time.Millisecond))
-}
-
-// replay sends what the store holds for c's user after since, widened by
-// ReplayWindow, skipping since itself. It returns how many it sent, and the
-// IDs of those created within ReplayDedupe (see Conn.endHold).
-func (s *Server) replay(c *Conn, since string) (int, map[string]struct{}, error) {
-	after := since
-	if w := s.cfg.ReplayWindow; w > 0 {
-		t, _ := storage.ParseID(since) // validated by ServeHTTP
+	cursor = max(cursor, rq.since)
+	if s.State() != StateRunning {
+		// Drain began while this handshake ran, after it listed the
+		// connections: send this one elsewhere too.
+		s.drainConn(c)
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return
+	}
+	// A resync asked before the connection was live waits for its ready.
+	pre := c.job
+	c.job, c.live = nil, true
+	if rq.since == "" {
+		c.endHoldLocked(encodeJSONFrame(readyFrame{Type: "ready", User: c.user, Node: s.cfg.NodeID, Cursor: cursor}), nil, 0)
+		if pre != nil && c.state == stateOpen {
+			c.job = &replayJob{phase: jobAsked, waiters: pre.waiters}
+			c.askLocked()
+		}
+		return
+	}
+	after := rq.since
+	if w := s.cfg.ReplayWindow; w > 0 && !rq.exact {
+		t, _ := storage.ParseID(rq.since) // validated by parseResume
 		if floor := storage.IDAt(t.Add(-w)); floor < after {
 			after = floor
 		}
 	}
-	n := 0
-	var recent map[string]struct{}
-	cutoff := time.Now().Add(-s.cfg.ReplayDedupe)
-	for {
-		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
-		msgs, more, err := s.cfg.Replayer.Replay(ctx, storage.ReplayQuery{User: c.user, After: after, Limit: s.cfg.ReplayPage})
-		cancel()
-		if err != nil {
-			return n, nil, err
-		}
-		for _, m := range msgs {
-			after = m.ID
-			if m.ID == since {
-				continue
-			}
-			if err := c.queueReplay(s.ctx, EncodeMessage(m.ID, m.Data, m.CreatedAt), s.cfg.PingInterval); err != nil {
-				return n, nil, err
-			}
-			n++
-			if m.CreatedAt.After(cutoff) {
-				if recent == nil {
-					recent = make(map[string]struct{})
-				}
-				recent[m.ID] = struct{}{}
-			}
-		}
-		if !more {
-			return n, recent, nil
-		}
+	c.job = &replayJob{phase: jobQueued, since: rq.since, after: after, seen: rq.seen, cursor: cursor,
+		cutoff: time.Now().Add(-s.cfg.ReplayDedupe)}
+	if pre != nil {
+		c.job.again = pre.waiters
 	}
+	s.replays.push(c) // takes only the pool's lock
 }
 
 // reject answers a handshake with a JSON error.

@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,12 +52,14 @@ func (testAuth) Authenticate(_ context.Context, token string) (Identity, error) 
 	return id, nil
 }
 
-// recorder is a Listener that records what it hears.
+// recorder is a Listener that records what it hears, and hands out the
+// cursor a test sets ("" until then).
 type recorder struct {
 	mu      sync.Mutex
 	online  []string
 	offline []string
 	acks    []string
+	cursor  string
 }
 
 func (r *recorder) Online(u string)  { r.mu.Lock(); r.online = append(r.online, u); r.mu.Unlock() }
@@ -67,7 +70,19 @@ func (r *recorder) Ack(u, id string) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) Settle(context.Context, string) {}
+func (r *recorder) Settle(context.Context, string) string { return r.Cursor() }
+
+func (r *recorder) Cursor() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cursor
+}
+
+func (r *recorder) setCursor(c string) {
+	r.mu.Lock()
+	r.cursor = c
+	r.mu.Unlock()
+}
 
 func (r *recorder) snapshot() (online, offline, acks []string) {
 	r.mu.Lock()
@@ -78,13 +93,17 @@ func (r *recorder) snapshot() (online, offline, acks []string) {
 // fakeStore is a Replayer over a fixed list of messages; gate, if set,
 // blocks each Replay call until it is closed.
 type fakeStore struct {
-	mu   sync.Mutex
-	msgs []*storage.Message
-	gate chan struct{}
-	err  error
+	mu       sync.Mutex
+	msgs     []*storage.Message
+	gate     chan struct{}
+	err      error
+	onReplay func(storage.ReplayQuery) // called at each Replay, if set
 }
 
 func (f *fakeStore) Replay(ctx context.Context, q storage.ReplayQuery) ([]*storage.Message, bool, error) {
+	if f.onReplay != nil {
+		f.onReplay(q)
+	}
 	if f.gate != nil {
 		select {
 		case <-f.gate:
@@ -291,14 +310,41 @@ type rawClient struct {
 // the request in the same write.
 func dialRaw(t testing.TB, e *testEdge, user string, extra []byte) *rawClient {
 	t.Helper()
-	nc, err := net.Dial("tcp", e.addr)
+	return dialRawWith(t, e, user, "", 0, extra)
+}
+
+// dialRawQuery is dialRaw with a query and, if rcvbuf > 0, a small socket
+// receive buffer, for a client that reads slowly or not at all.
+func dialRawQuery(t testing.TB, e *testEdge, user, query string, rcvbuf int) *rawClient {
+	t.Helper()
+	return dialRawWith(t, e, user, query, rcvbuf, nil)
+}
+
+func dialRawWith(t testing.TB, e *testEdge, user, query string, rcvbuf int, extra []byte) *rawClient {
+	t.Helper()
+	d := net.Dialer{}
+	if rcvbuf > 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+			if err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	nc, err := d.Dial("tcp", e.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
 	var key [16]byte
 	rand.Read(key[:])
-	req := "GET /ws HTTP/1.1\r\nHost: " + e.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+	path := "/ws"
+	if query != "" {
+		path += "?" + query
+	}
+	req := "GET " + path + " HTTP/1.1\r\nHost: " + e.addr + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + base64.StdEncoding.EncodeToString(key[:]) + "\r\n" +
 		"Authorization: Bearer u:" + user + "\r\n\r\n"
 	if _, err := nc.Write(append([]byte(req), extra...)); err != nil {

@@ -20,6 +20,10 @@ type metrics struct {
 	slowConsumers prometheus.Counter
 	replayed      prometheus.Counter
 	broadcast     prometheus.Histogram
+	replayQueued  prometheus.Gauge
+	replayRunning prometheus.Gauge
+	resyncs       prometheus.Counter
+	noCursor      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -54,6 +58,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_edge_replayed_total", Help: "Messages sent by since= replays.",
 		}),
+		replayQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_edge_replays_queued", Help: "Connections whose replay waits for a replay worker (ReplayWorkers).",
+		}),
+		replayRunning: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_edge_replays_running", Help: "Replay pages being read from the store.",
+		}),
+		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_edge_resyncs_total", Help: "Connections asked to resync (resume in place).",
+		}),
+		noCursor: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_edge_ready_without_cursor_total", Help: "Ready frames whose cursor is the connect time because the node had none yet.",
+		}),
 		broadcast: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "herald_edge_broadcast_seconds", Help: "Time to queue one broadcast frame on every connection.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
@@ -61,7 +77,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.connections, m.handshakes, m.closes, m.framesIn, m.bytesIn,
-			m.bytesOut, m.delivered, m.acks, m.slowConsumers, m.replayed, m.broadcast} {
+			m.bytesOut, m.delivered, m.acks, m.slowConsumers, m.replayed, m.broadcast, m.replayQueued, m.replayRunning,
+			m.resyncs, m.noCursor} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register edge metrics: %w", err)
 			}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/heraldpush/herald/storage"
 )
 
 // Frame is a server frame encoded once, ready to be written to any number of
@@ -25,15 +27,26 @@ func (f *Frame) Len() int { return len(f.b) }
 func (f *Frame) Bytes() []byte { return f.b }
 
 // EncodeMessage encodes the server frame that delivers one message:
-// {"type":"message","id":...,"data":...,"ts":<unix ms>}. data must be valid
-// JSON; it is copied verbatim.
-func EncodeMessage(id string, data json.RawMessage, ts time.Time) *Frame {
+// {"type":"message","id":...,"data":...,"ts":<unix ms>,"cursor":...}.
+// data must be valid JSON; it is copied verbatim. cursor is the resume
+// position the frame carries (see docs/PROTOCOL.md): every message at or
+// below it that this connection should get was queued before this frame.
+// It is left out when empty (replayed messages carry none).
+func EncodeMessage(id string, data json.RawMessage, ts time.Time, cursor string) *Frame {
 	var idBuf [64]byte
 	idJSON := appendJSONString(idBuf[:0], id)
 	var tsBuf [20]byte
 	tsB := strconv.AppendInt(tsBuf[:0], ts.UnixMilli(), 10)
-	const pre, mid, post = `{"type":"message","id":`, `,"data":`, `,"ts":`
+	var curBuf [64]byte
+	var curJSON []byte
+	if cursor != "" {
+		curJSON = appendJSONString(curBuf[:0], cursor)
+	}
+	const pre, mid, post, cur = `{"type":"message","id":`, `,"data":`, `,"ts":`, `,"cursor":`
 	n := len(pre) + len(idJSON) + len(mid) + len(data) + len(post) + len(tsB) + 1
+	if curJSON != nil {
+		n += len(cur) + len(curJSON)
+	}
 	b := make([]byte, 0, frameHeaderLen(n)+n)
 	b = appendFrameHeader(b, ws.OpText, n)
 	b = append(b, pre...)
@@ -42,6 +55,10 @@ func EncodeMessage(id string, data json.RawMessage, ts time.Time) *Frame {
 	b = append(b, data...)
 	b = append(b, post...)
 	b = append(b, tsB...)
+	if curJSON != nil {
+		b = append(b, cur...)
+		b = append(b, curJSON...)
+	}
 	b = append(b, '}')
 	return &Frame{ID: id, b: b}
 }
@@ -68,8 +85,9 @@ func appendJSONString(dst []byte, s string) []byte {
 }
 
 // readyFrame tells the client that replay is complete and live delivery
-// has begun. Cursor is a since value that covers everything from this
-// connection's start: a client that saw no message yet reconnects with it.
+// has begun (again, after a resync). Cursor is a since value: every
+// message at or below it that the client should get came before this
+// frame. The client resumes from the greatest cursor it has received.
 type readyFrame struct {
 	Type     string `json:"type"` // "ready"
 	User     string `json:"user"`
@@ -85,6 +103,13 @@ type reconnectFrame struct {
 	DelayMS int64  `json:"delay_ms"`
 }
 
+// resyncFrame asks the client for its resume position
+// ({"type":"resume",...}): the server may have missed deliveries for it
+// and will replay what the client has not got.
+var resyncFrame = encodeJSONFrame(struct {
+	Type string `json:"type"`
+}{"resync"})
+
 // pongFrame answers an application-level {"type":"ping"}.
 var pongFrame = encodeJSONFrame(struct {
 	Type string `json:"type"`
@@ -92,14 +117,17 @@ var pongFrame = encodeJSONFrame(struct {
 
 // clientMessage is a decoded client text frame.
 type clientMessage struct {
-	Type string `json:"type"`
-	ID   string `json:"id,omitempty"`
+	Type  string   `json:"type"`
+	ID    string   `json:"id,omitempty"`
+	Since string   `json:"since,omitempty"`
+	Seen  []string `json:"seen,omitempty"`
 }
 
 // Client message types.
 const (
-	clientAck  = "ack"
-	clientPing = "ping"
+	clientAck    = "ack"
+	clientPing   = "ping"
+	clientResume = "resume"
 )
 
 // errBadClientMessage is a text frame that is not a client message.
@@ -122,6 +150,17 @@ func decodeClientMessage(p []byte) (clientMessage, error) {
 		return m, fmt.Errorf("%w: missing type", errBadClientMessage)
 	case m.Type == clientAck && m.ID == "":
 		return m, fmt.Errorf("%w: ack without id", errBadClientMessage)
+	case m.Type == clientResume:
+		if m.Since != "" {
+			if _, err := storage.ParseID(m.Since); err != nil {
+				return m, fmt.Errorf("%w: resume since is not a message id", errBadClientMessage)
+			}
+		}
+		for _, id := range m.Seen {
+			if _, err := storage.ParseID(id); err != nil {
+				return m, fmt.Errorf("%w: resume seen holds something that is not a message id", errBadClientMessage)
+			}
+		}
 	}
 	return m, nil
 }

@@ -233,7 +233,7 @@ func TestFrameEncoding(t *testing.T) {
 	t.Parallel()
 	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 70000} {
 		data := json.RawMessage(`"` + strings.Repeat("d", n) + `"`)
-		f := EncodeMessage("0123456789abcdefghjk", data, time.UnixMilli(1234))
+		f := EncodeMessage("0123456789abcdefghjk", data, time.UnixMilli(1234), "")
 		h, hn, err := parseHeader(f.Bytes())
 		if err != nil || hn == 0 || !h.fin || h.op != ws.OpText || h.masked || int(h.length) != f.Len()-hn {
 			t.Fatalf("n=%d: header %+v %d %v", n, h, hn, err)

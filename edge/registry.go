@@ -153,6 +153,16 @@ func (r *registry) deliverShard(i int, f *Frame) int {
 	return n
 }
 
+// userConns returns user's connections.
+func (r *registry) userConns(user string) []*Conn {
+	s := r.shard(user)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*Conn
+	s.users[user].each(func(c *Conn) { out = append(out, c) })
+	return out
+}
+
 func (r *registry) online(user string) bool {
 	s := r.shard(user)
 	s.mu.RLock()

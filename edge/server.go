@@ -63,9 +63,16 @@ type Server struct {
 	tasks    chan task
 	registry *registry
 	wheel    *wheel
-	closing  closingSet
+	closing  deadlineSet // waiting for the client's close frame
+	asked    deadlineSet // asked to resync, waiting for the client's resume
+	draining deadlineSet // replaying, waiting for the client to take a page
+	replays  replayPool
 	gen      atomic.Uint32
-	conns    atomic.Int64
+
+	drainMu     sync.Mutex
+	drainHint   func(user string) string // set by Drain, for connections that register during it
+	drainSpread time.Duration
+	conns       atomic.Int64
 
 	zeroMu sync.Mutex
 	zero   chan struct{} // closed when the connection count drops to 0
@@ -135,6 +142,7 @@ func (s *Server) Start() error {
 	}
 	s.pollWG.Add(1)
 	go func() { defer s.pollWG.Done(); p.run(s.dispatch) }()
+	s.replays.start(s)
 	s.timerWG.Add(2)
 	go s.tick()
 	go s.reapLoop()
@@ -260,6 +268,7 @@ func (s *Server) tick() {
 		for _, c := range s.closing.expired(now) {
 			c.teardown(nil)
 		}
+		s.checkJobs(now)
 	}
 }
 
@@ -332,6 +341,8 @@ func (s *Server) forget(c *Conn, registered bool) {
 	s.registry.remove(c)
 	s.wheel.remove(c)
 	s.closing.remove(c)
+	s.asked.remove(c)
+	s.draining.remove(c)
 	if !registered {
 		return
 	}
@@ -436,30 +447,44 @@ func (s *Server) Drain(ctx context.Context, hint func(user string) string, sprea
 	}
 	s.state.Store(int32(StateDraining))
 	s.life.Unlock()
+	s.drainMu.Lock()
+	s.drainHint, s.drainSpread = hint, spread
+	s.drainMu.Unlock()
 	conns := s.registry.conns()
 	s.log.Info("edge draining", "connections", len(conns))
 	for _, c := range conns {
-		var delay time.Duration
-		if spread > 0 {
-			delay = rand.N(spread)
-		}
-		var url string
-		if hint != nil {
-			url = hint(c.user)
-		}
-		f := encodeJSONFrame(reconnectFrame{Type: "reconnect", URL: url, DelayMS: delay.Milliseconds()})
-		c.mu.Lock()
-		if c.state == stateOpen {
-			c.hold = nil // a replay in progress is abandoned; the client will ask again
-			c.queueLocked(f.b)
-			if c.state == stateOpen {
-				c.queueCloseLocked(closePayload(CloseRestart, "restart"), false)
-			}
-		}
-		c.mu.Unlock()
-		s.metrics.closes.WithLabelValues(CloseRestart.String()).Inc()
+		s.drainConn(c)
 	}
 	return s.waitEmpty(ctx)
+}
+
+// drainConn sends c elsewhere: a "reconnect" frame with its hint and a
+// random delay within the drain spread, then CloseRestart. A replay in
+// progress is abandoned; the client resumes where it got to.
+func (s *Server) drainConn(c *Conn) {
+	s.drainMu.Lock()
+	hint, spread := s.drainHint, s.drainSpread
+	s.drainMu.Unlock()
+	var delay time.Duration
+	if spread > 0 {
+		delay = rand.N(spread)
+	}
+	var url string
+	if hint != nil {
+		url = hint(c.user)
+	}
+	f := encodeJSONFrame(reconnectFrame{Type: "reconnect", URL: url, DelayMS: delay.Milliseconds()})
+	c.mu.Lock()
+	if c.state == stateOpen {
+		c.hold = nil
+		c.dropJobLocked()
+		c.queueLocked(f.b)
+		if c.state == stateOpen {
+			c.queueCloseLocked(closePayload(CloseRestart, "restart"), false)
+		}
+	}
+	c.mu.Unlock()
+	s.metrics.closes.WithLabelValues(CloseRestart.String()).Inc()
 }
 
 // Shutdown closes every connection (CloseGoingAway unless already closing),
@@ -517,6 +542,7 @@ func (s *Server) stopLoops() {
 	s.pollWG.Wait() // no more dispatches after this
 	close(s.tasks)
 	s.workWG.Wait()
+	s.replays.stop()
 	close(s.stop)
 	s.timerWG.Wait()
 }

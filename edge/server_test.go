@@ -26,7 +26,7 @@ func TestConnectReceiveAck(t *testing.T) {
 		}
 		ids := storage.NewIDGenerator(nil)
 		id, at := ids.Next()
-		if n := e.srv.Deliver(EncodeMessage(id, json.RawMessage(`{"hello":"wörld"}`), at), "alice"); n != 1 {
+		if n := e.srv.Deliver(EncodeMessage(id, json.RawMessage(`{"hello":"wörld"}`), at, ""), "alice"); n != 1 {
 			t.Fatalf("delivered to %d connections, want 1", n)
 		}
 		got := c.expectType("message")
@@ -68,11 +68,11 @@ func TestMultiDeviceAndIsolation(t *testing.T) {
 		}
 		ids := storage.NewIDGenerator(nil)
 		forAlice, at := ids.Next()
-		if n := e.srv.Deliver(EncodeMessage(forAlice, json.RawMessage(`1`), at), "alice"); n != 2 {
+		if n := e.srv.Deliver(EncodeMessage(forAlice, json.RawMessage(`1`), at, ""), "alice"); n != 2 {
 			t.Fatalf("delivered to %d connections, want 2", n)
 		}
 		forBob, at2 := ids.Next()
-		e.srv.Deliver(EncodeMessage(forBob, json.RawMessage(`2`), at2), "bob", "nobody")
+		e.srv.Deliver(EncodeMessage(forBob, json.RawMessage(`2`), at2, ""), "bob", "nobody")
 		for _, c := range []*wsClient{tab1, tab2} {
 			if f := c.expectType("message"); f.ID != forAlice {
 				t.Fatalf("alice got %s", f.ID)
@@ -107,7 +107,7 @@ func TestBroadcastReachesEveryone(t *testing.T) {
 			clients = append(clients, c)
 		}
 		id, at := storage.NewIDGenerator(nil).Next()
-		if n := e.srv.Broadcast(EncodeMessage(id, json.RawMessage(`"all"`), at)); n != 50 {
+		if n := e.srv.Broadcast(EncodeMessage(id, json.RawMessage(`"all"`), at, "")); n != 50 {
 			t.Fatalf("broadcast reached %d connections, want 50", n)
 		}
 		for _, c := range clients {
@@ -262,11 +262,11 @@ func TestReplayThenLiveWithoutGapOrDuplicate(t *testing.T) {
 		// replay will also return, and one that is new.
 		eventually(t, 5*time.Second, "alice registered", func() bool { return e.srv.Online("alice") })
 		dupID := stored[4]
-		if n := e.srv.Deliver(EncodeMessage(dupID, json.RawMessage(`4`), time.Now()), "alice"); n != 1 {
+		if n := e.srv.Deliver(EncodeMessage(dupID, json.RawMessage(`4`), time.Now(), ""), "alice"); n != 1 {
 			t.Fatalf("live delivery during replay taken by %d connections", n)
 		}
 		live, at := ids.Next()
-		e.srv.Deliver(EncodeMessage(live, json.RawMessage(`"live"`), at), "alice")
+		e.srv.Deliver(EncodeMessage(live, json.RawMessage(`"live"`), at, ""), "alice")
 		close(store.gate)
 		d := <-done
 		if d.err != nil {
@@ -289,9 +289,9 @@ func TestReplayThenLiveWithoutGapOrDuplicate(t *testing.T) {
 		// Dispatch may deliver a replayed message late, after the replay
 		// ended: that copy is dropped, and a new message still arrives.
 		late := stored[3]
-		e.srv.Deliver(EncodeMessage(late, json.RawMessage(`3`), time.Now()), "alice")
+		e.srv.Deliver(EncodeMessage(late, json.RawMessage(`3`), time.Now(), ""), "alice")
 		fresh, at2 := ids.Next()
-		e.srv.Deliver(EncodeMessage(fresh, json.RawMessage(`"fresh"`), at2), "alice")
+		e.srv.Deliver(EncodeMessage(fresh, json.RawMessage(`"fresh"`), at2, ""), "alice")
 		if f := c.expectType("message"); f.ID != fresh {
 			t.Fatalf("got %s, want %s (the late copy of %s must be dropped)", f.ID, fresh, late)
 		}
@@ -444,7 +444,7 @@ func TestSlowConsumerClosedOthersUnaffected(t *testing.T) {
 				t.Fatal("400 MB queued without the slow consumer being closed")
 			}
 			id, at := ids.Next()
-			f := EncodeMessage(id, payload, at)
+			f := EncodeMessage(id, payload, at, "")
 			e.srv.Deliver(f, "slow")
 			sent++
 			if sent%100 == 0 { // the fast client keeps getting its messages
@@ -511,11 +511,11 @@ func TestManyConnectionsConcurrently(t *testing.T) {
 	eventually(t, 5*time.Second, "all registered", func() bool { return e.srv.Connections() == n })
 	ids := storage.NewIDGenerator(nil)
 	id, at := ids.Next()
-	e.srv.Broadcast(EncodeMessage(id, json.RawMessage(`1`), at))
+	e.srv.Broadcast(EncodeMessage(id, json.RawMessage(`1`), at, ""))
 	for i, c := range clients {
 		c.expectType("ready")
 		uid, at := ids.Next()
-		e.srv.Deliver(EncodeMessage(uid, json.RawMessage(`2`), at), fmt.Sprintf("m%d", i))
+		e.srv.Deliver(EncodeMessage(uid, json.RawMessage(`2`), at, ""), fmt.Sprintf("m%d", i))
 		if f := c.expectType("message"); f.ID != id {
 			t.Fatalf("client %d: got %s, want broadcast %s", i, f.ID, id)
 		}

@@ -82,13 +82,15 @@ func (w *wheel) tick(visit func(*Conn)) {
 	}
 }
 
-// closingSet tracks connections waiting for the client's close frame.
-type closingSet struct {
+// deadlineSet tracks connections waiting for something until a deadline:
+// the client's close frame, its answer to a resync, its draining of a
+// replay page.
+type deadlineSet struct {
 	mu    sync.Mutex
 	conns map[*Conn]uint32 // deadline on the server clock
 }
 
-func (s *closingSet) add(c *Conn, deadline uint32) {
+func (s *deadlineSet) add(c *Conn, deadline uint32) {
 	s.mu.Lock()
 	if s.conns == nil {
 		s.conns = make(map[*Conn]uint32)
@@ -99,14 +101,14 @@ func (s *closingSet) add(c *Conn, deadline uint32) {
 	s.mu.Unlock()
 }
 
-func (s *closingSet) remove(c *Conn) {
+func (s *deadlineSet) remove(c *Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
 }
 
 // expired returns the connections whose deadline is at or before now.
-func (s *closingSet) expired(now uint32) []*Conn {
+func (s *deadlineSet) expired(now uint32) []*Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []*Conn

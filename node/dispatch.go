@@ -132,7 +132,7 @@ func (d *dispatcher) deliver(batch []*storage.Message) {
 	where := d.locate(batch)
 	for _, m := range batch {
 		if n.edge != nil {
-			f := edge.EncodeMessage(m.ID, m.Data, m.CreatedAt)
+			f := edge.EncodeMessage(m.ID, m.Data, m.CreatedAt, "")
 			var conns int
 			if m.Broadcast {
 				conns = n.edge.Broadcast(f)
@@ -390,7 +390,7 @@ func (h rpcHandler) Deliver(_ context.Context, ds []rpc.Delivery) error {
 	}
 	for _, dl := range ds {
 		m := dl.Message
-		f := edge.EncodeMessage(m.ID, m.Data, m.CreatedAt)
+		f := edge.EncodeMessage(m.ID, m.Data, m.CreatedAt, "")
 		if m.Broadcast {
 			n.metrics.delivered.Add(float64(n.edge.Broadcast(f)))
 			continue

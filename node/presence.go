@@ -60,19 +60,23 @@ func (p *presence) mark(user string) {
 }
 
 // Settle implements edge.Listener.
-func (p *presence) Settle(ctx context.Context, user string) {
+func (p *presence) Settle(ctx context.Context, user string) string {
 	p.mu.Lock()
 	_, waiting := p.pending[user]
 	done := p.done
 	p.mu.Unlock()
 	if !waiting {
-		return
+		return ""
 	}
 	select {
 	case <-done:
 	case <-ctx.Done():
 	}
+	return ""
 }
+
+// Cursor implements edge.Listener.
+func (p *presence) Cursor() string { return "" }
 
 // start takes the lease (so that bindings are visible from the first
 // connection on) and starts the loop that writes bindings and renews it.
