@@ -620,16 +620,11 @@ func (c *Conn) beginHold() {
 
 var errConnClosed = errors.New("connection closed")
 
-// endHold queues the ready frame, then the live frames held during the
-// replay that the replay did not already send. recent lists the replayed
-// messages created so lately that they may still be in dispatch; their live
-// copies are dropped for the next dedupe (server clock milliseconds).
-func (c *Conn) endHold(ready *Frame, recent map[string]struct{}, dedupe uint32) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.endHoldLocked(ready, recent, dedupe)
-}
-
+// endHoldLocked queues the ready frame, then the live frames held during
+// the replay that the replay did not already send. recent lists the
+// replayed messages created so lately that they may still be in dispatch;
+// their live copies are dropped for the next dedupe (server clock
+// milliseconds).
 func (c *Conn) endHoldLocked(ready *Frame, recent map[string]struct{}, dedupe uint32) {
 	h := c.hold
 	c.hold = nil

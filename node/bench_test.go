@@ -89,13 +89,13 @@ func BenchmarkDispatch_1Recipient(b *testing.B) {
 	got := benchListener(b, n, "bench-user")
 	ids := storage.NewIDGenerator(nil)
 	data := json.RawMessage(`{"title":"hello","n":1}`)
-	batch := make([]*storage.Message, 1)
+	batch := make([]queued, 1)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
 		id, at := ids.Next()
-		batch[0] = &storage.Message{ID: id, To: []string{"bench-user"}, Data: data, CreatedAt: at, ExpiresAt: at.Add(time.Hour)}
-		n.dispatch.deliver(batch)
+		batch[0] = queued{m: &storage.Message{ID: id, To: []string{"bench-user"}, Data: data, CreatedAt: at, ExpiresAt: at.Add(time.Hour)}}
+		n.dispatch.route(batch)
 	}
 	waitCount(b, got, int64(b.N))
 }

@@ -27,21 +27,30 @@ type cluster struct {
 
 	mu      sync.RWMutex
 	members map[string]gossip.Member // by node ID: the live incarnation
+	gone    map[string]goneMember    // collect-only nodes that left, until forgotten
 
 	done chan struct{}
 }
 
+// goneMember is a collect-only node gossip says is gone, whose cursor this
+// dispatch node still holds to until its lease shows it is dead.
+type goneMember struct {
+	m              gossip.Member
+	leaseDeadSince time.Time
+}
+
 func newCluster(n *Node) (*cluster, error) {
-	c := &cluster{n: n, members: make(map[string]gossip.Member), done: make(chan struct{})}
+	c := &cluster{n: n, members: make(map[string]gossip.Member), gone: make(map[string]goneMember), done: make(chan struct{})}
 	var err error
 	if c.ring, err = ring.New(n.cfg.Ring); err != nil {
 		return nil, err
 	}
 	rc := n.cfg.RPC
 	rc.Secret = n.cfg.ClusterSecret
+	rc.Source = rpc.Source{ID: n.self.ID, Incarnation: n.self.Incarnation}
+	rc.Cursors = n.cfg.Has(RoleDispatch)
 	rc.Logger = n.log.With("part", "rpc")
 	rc.Registerer = n.reg
-	rc.OnFailed = n.deliveryFailed
 	if c.rpc, err = rpc.NewClient(rc); err != nil {
 		return nil, err
 	}
@@ -81,6 +90,24 @@ func (c *cluster) start(ctx context.Context, publicURL string) error {
 	}
 	c.apply(gossip.Event{Type: gossip.Join, Member: g.Local()})
 	go c.run()
+	if c.n.cfg.Has(RoleDispatch) && c.n.cfg.Bindings != nil {
+		c.n.bg.Add(1)
+		go func() {
+			defer c.n.bg.Done()
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			for {
+				select {
+				case <-c.n.stop:
+					return
+				case <-t.C:
+					c.checkUpstream(ctx)
+				}
+			}
+		}()
+	}
 	return nil
 }
 
@@ -110,24 +137,100 @@ func (c *cluster) apply(ev gossip.Event) {
 	switch ev.Type {
 	case gossip.Join, gossip.Update:
 		c.members[m.ID] = m // a restarted node's new incarnation replaces the old one
+		delete(c.gone, m.ID+"/"+m.Incarnation)
 		if known && cur.Incarnation != m.Incarnation {
 			c.retireLocked(cur)
+			c.goneLocked(cur)
 		}
 	case gossip.Leave:
 		if known && cur.Incarnation == m.Incarnation {
 			delete(c.members, m.ID)
 		}
 		c.retireLocked(m)
+		c.goneLocked(m)
 	}
 	pushIDs := c.routableLocked()
 	c.mu.Unlock()
-	if ev.Type != gossip.Leave {
-		c.n.dispatch.known(m.ID)
+	c.watch(ev.Type, m)
+	if ev.Type != gossip.Leave && c.n.dispatch.send != nil {
+		c.n.dispatch.send.Known(m.ID)
 	}
 	if err := c.ring.Set(pushIDs); err != nil {
 		c.n.log.Error("ring update failed; keeping the previous ring", "err", err)
 	}
 	c.n.log.Debug("membership", "event", ev.Type.String(), "member", m.ID, "incarnation", m.Incarnation, "push_nodes", len(pushIDs))
+}
+
+// watch tells the cursor keepers about a member: a push node follows the
+// cursors of dispatch nodes, a dispatch node those of collect-only nodes.
+func (c *cluster) watch(t gossip.EventType, m gossip.Member) {
+	if m.ID == c.n.self.ID {
+		return
+	}
+	isDispatch := m.HasRole(string(RoleDispatch))
+	collectOnly := m.HasRole(string(RoleCollect)) && !isDispatch
+	switch {
+	case isDispatch && c.n.sources != nil:
+		if t == gossip.Leave {
+			c.n.sources.forget(m.ID, m.Incarnation)
+		} else {
+			c.n.sources.learn(m.ID, m.Incarnation)
+		}
+	case collectOnly && c.n.cfg.Has(RoleDispatch) && t != gossip.Leave:
+		c.n.tracker.HoldUpstream(m.ID + "/" + m.Incarnation)
+	}
+}
+
+// goneLocked starts watching the lease of a collect-only node that left:
+// this dispatch node holds its cursor to it until it is surely dead.
+func (c *cluster) goneLocked(m gossip.Member) {
+	if m.HasRole(string(RoleCollect)) && !m.HasRole(string(RoleDispatch)) && c.n.cfg.Has(RoleDispatch) {
+		c.gone[m.ID+"/"+m.Incarnation] = goneMember{m: m}
+	}
+}
+
+// checkUpstream runs every second on a dispatch node: a collect-only node
+// that left, and whose lease has been dead for AppendGrace, can hand over
+// nothing any more. Its cursor is dropped, and every push node recovers
+// everything (the node may have died holding accepted messages it never
+// handed over; they are in the store).
+func (c *cluster) checkUpstream(ctx context.Context) {
+	c.mu.Lock()
+	gone := make(map[string]goneMember, len(c.gone))
+	for k, g := range c.gone {
+		gone[k] = g
+	}
+	c.mu.Unlock()
+	now := time.Now()
+	for k, g := range gone {
+		lctx, cancel := context.WithTimeout(ctx, time.Second)
+		holder, err := c.n.cfg.Bindings.LeaseHolder(lctx, g.m.ID)
+		cancel()
+		if err != nil {
+			continue
+		}
+		c.mu.Lock()
+		cur, still := c.gone[k]
+		switch {
+		case !still:
+		case holder == g.m.Incarnation:
+			cur.leaseDeadSince = time.Time{}
+			c.gone[k] = cur
+		case cur.leaseDeadSince.IsZero():
+			cur.leaseDeadSince = now
+			c.gone[k] = cur
+		case now.Sub(cur.leaseDeadSince) >= c.n.cfg.AppendGrace:
+			delete(c.gone, k)
+			c.mu.Unlock()
+			c.n.log.Warn("a collect node died; push nodes recover what it may not have handed over", "node", k)
+			c.n.tracker.DropUpstream(k)
+			if s := c.n.dispatch.send; s != nil {
+				s.DropAll(c.PushNodes())
+			}
+			continue
+		}
+		c.mu.Unlock()
+	}
 }
 
 // retireLocked forgets an incarnation that left or was replaced, after
@@ -211,6 +314,33 @@ func (c *cluster) routableLocked() []string {
 	return ids
 }
 
+// PushNodes implements membership: the live push nodes' IDs, sorted.
+func (c *cluster) PushNodes() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.routableLocked()
+}
+
+// IsPush implements membership.
+func (c *cluster) IsPush(id string) (push, known bool) {
+	m, ok := c.member(id)
+	return ok && m.HasRole(string(RolePush)), ok
+}
+
+// Owner implements membership.
+func (c *cluster) Owner(user string) (string, bool) {
+	return c.ring.Snapshot().Owner(user)
+}
+
+// rpcAddr returns the RPC address of live member id.
+func (c *cluster) rpcAddr(id string) (string, bool) {
+	m, ok := c.member(id)
+	if !ok || m.RPCAddr == "" {
+		return "", false
+	}
+	return m.RPCAddr, true
+}
+
 // member returns the live member with id.
 func (c *cluster) member(id string) (gossip.Member, bool) {
 	c.mu.RLock()
@@ -273,6 +403,31 @@ func (c *cluster) ownerWithout(user, id string) (gossip.Member, bool) {
 		return gossip.Member{}, false
 	}
 	return c.member(owner)
+}
+
+// endSessions ends this node's delivery sessions with every live push
+// node, once each has acked all it was sent (a peer for a node that is
+// gone is left alone: it holds nothing for it any more).
+func (c *cluster) endSessions(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var errs []error
+	for _, m := range c.withRole(RolePush) {
+		if m.ID == c.n.self.ID || m.RPCAddr == "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.rpc.Peer(m.RPCAddr).End(ctx); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", m.ID, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // leave says goodbye to the cluster.

@@ -153,6 +153,13 @@ type collector struct {
 
 func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n := c.n
+	if !n.beginPost() {
+		w.Header().Set("Retry-After", "1")
+		writeAPIError(w, &apiError{http.StatusServiceUnavailable, "draining", "this node is leaving the cluster; send to another node"})
+		n.metrics.postDraining.Inc()
+		return
+	}
+	defer n.posts.Done()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeAPIError(w, &apiError{http.StatusMethodNotAllowed, "method_not_allowed", "use POST"})
@@ -190,7 +197,16 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, aerr)
 		return
 	}
-	id, at := n.ids.Next()
+	if n.resolver.full() {
+		n.metrics.postUnavailable.Inc()
+		w.Header().Set("Retry-After", "1")
+		writeAPIError(w, &apiError{http.StatusServiceUnavailable, "store_unavailable",
+			"the message store is unavailable; nothing was accepted, retry with the same key"})
+		return
+	}
+	// The ID is open in the tracker from here until the message is routed
+	// (or settled as never stored): no push node's cursor passes it.
+	id, at := n.tracker.Issue()
 	m := &storage.Message{
 		ID: id, To: p.to, Broadcast: p.broadcast, Data: p.data, Key: p.key,
 		CreatedAt: at, ExpiresAt: at.Add(p.ttl),
@@ -202,27 +218,41 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	n.metrics.appendSeconds.Observe(time.Since(start).Seconds())
 	switch {
 	case errors.Is(err, storage.ErrDuplicate):
+		n.tracker.Done(id)
 		n.metrics.postDuplicate.Inc()
+		// The first try may never have been dispatched (its store write
+		// timed out, and it was stored after all): dispatch it again.
+		// Clients drop the second copy by ID.
+		if stored != nil && stored.ExpiresAt.After(time.Now()) {
+			_ = n.dispatch.submit(context.WithoutCancel(r.Context()), stored, false)
+		}
 		writeJSON(w, http.StatusAccepted, map[string]any{"id": stored.ID, "duplicate": true})
 		return
-	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, storage.ErrInvalid):
+		n.tracker.Done(id)
+		writeAPIError(w, badRequest("invalid_message", "%v", err))
+		return
+	case err != nil:
+		// Unavailable, a timeout, or anything else: the store may have
+		// written it. The resolver settles it; meanwhile its ID stays open.
+		n.resolver.add(m)
 		n.metrics.postUnavailable.Inc()
+		if !errors.Is(err, storage.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			n.log.Error("append failed", "id", id, "err", err)
+		}
 		w.Header().Set("Retry-After", "1")
 		writeAPIError(w, &apiError{http.StatusServiceUnavailable, "store_unavailable",
 			"the message store is unavailable; nothing was accepted, retry with the same key"})
 		return
-	case errors.Is(err, storage.ErrInvalid):
-		writeAPIError(w, badRequest("invalid_message", "%v", err))
-		return
-	case err != nil:
-		n.log.Error("append failed", "id", id, "err", err)
-		writeAPIError(w, &apiError{http.StatusInternalServerError, "internal", "the message could not be stored; retry with the same key"})
-		return
 	}
 	n.metrics.postAccepted.Inc()
-	// Durable now: hand it to dispatch. If dispatch is saturated beyond the
-	// request's patience, the message still waits in the store for replay.
-	n.dispatch.submit(r.Context(), stored)
+	// Durable now: hand it to dispatch, waiting for room if dispatch is
+	// saturated, before answering: accepted means on its way.
+	if err := n.dispatch.submit(context.WithoutCancel(r.Context()), stored, true); err != nil {
+		// The node stops: the ID stays open, as on a crash; the message
+		// is stored and recovered from the store.
+		n.log.Warn("stopping with an accepted message not dispatched", "id", id)
+	}
 	// The ID is of the ID alphabet: no JSON escaping needed.
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")

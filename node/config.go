@@ -99,8 +99,14 @@ type Config struct {
 	// Shutdown. Required with the push and dispatch roles.
 	Bindings storage.Bindings
 	// LeaseTTL is how long this node's bindings survive it if it dies
-	// without unbinding; the lease is renewed every LeaseTTL/3.
+	// without unbinding; the lease is renewed every LeaseCheckInterval
+	// (at most LeaseTTL/3).
 	LeaseTTL time.Duration
+	// LeaseCheckInterval is how often the lease is renewed and checked: a
+	// renewal that finds it intact lets the node's cursor move up to that
+	// moment, and one that finds it gone (the binding store lost this
+	// node's bindings) makes every connection resync.
+	LeaseCheckInterval time.Duration
 	// RebindInterval is how often every local user's binding is written
 	// again, spread over the interval, so that binding stores whose keys
 	// expire (Redis: KeyTTL, 24h) keep long-lived connections. It must be
@@ -109,8 +115,33 @@ type Config struct {
 	// SweepInterval is how often expired messages are deleted.
 	SweepInterval time.Duration
 	// DispatchQueue bounds accepted messages waiting for dispatch; a full
-	// queue makes POSTs wait (they are already durable).
+	// queue makes POSTs wait (they are already durable) until there is
+	// room: nothing accepted is skipped.
 	DispatchQueue int
+	// MaxUnresolved bounds the appends whose outcome was lost (the store
+	// timed out) waiting to be settled with the store; past it POSTs are
+	// refused with 503 before anything is written.
+	MaxUnresolved int
+	// CursorInterval is how often a dispatch node sends its cursor to
+	// every push node (and a collect-only node to every dispatch node),
+	// besides sending it with every batch of deliveries.
+	CursorInterval time.Duration
+	// CursorLag keeps a push node's cursor (in a cluster) at least this
+	// far behind its clock, so that a dispatch node it has not heard of
+	// yet (one that just joined) cannot be passed by. It must exceed the
+	// time gossip takes to announce a node plus the clock skew between
+	// nodes (MaxClockSkew).
+	CursorLag time.Duration
+	// AppendGrace is how long after a dispatch or collect node died (gossip
+	// says it is gone and its lease is dead) its abandoned store writes may
+	// still land; then the nodes that held their cursor for it recover and
+	// forget it. It must exceed the store's append timeout.
+	AppendGrace time.Duration
+	// MaxClockSkew is the most this node's clock may differ from the
+	// message store's and the binding store's before /readyz answers 503:
+	// beyond it a joining node's IDs could fall behind cursors already
+	// given out (CursorLag).
+	MaxClockSkew time.Duration
 
 	// DrainTimeout bounds Drain: clients still connected after it are
 	// dropped. DrainSpread is the window over which clients are told to
@@ -130,7 +161,7 @@ type Config struct {
 	// RPCAddr is the internal RPC listen address (not the public port).
 	RPCAddr string
 	// RPC configures the internal RPC client; the node fills in Secret,
-	// Logger, Registerer and OnFailed.
+	// Source, Cursors, Logger and Registerer.
 	RPC rpc.ClientConfig
 	// PublicURL is how clients reach this node, e.g. "http://10.0.0.5:8080";
 	// advertised for steering (/v1/route) and drain hints. Default: built
@@ -153,6 +184,10 @@ type Config struct {
 	// once.
 	DepartGrace time.Duration
 
+	// Clock is the clock message IDs are made from; nil is time.Now.
+	// Chaos drills skew it.
+	Clock func() time.Time
+
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
 	// Metrics receives every metric and serves /metrics; nil makes a
@@ -174,19 +209,36 @@ func DefaultConfig() Config {
 		MaxTTL:     7 * 24 * time.Hour,
 		Edge:       edge.DefaultConfig(),
 		// A dead node's users are found again within 15 s even without
-		// gossip; renewing every 5 s costs one command per node.
+		// gossip.
 		LeaseTTL: 15 * time.Second,
+		// One command a second per node; the cursor lags about this much
+		// behind the newest message.
+		LeaseCheckInterval: time.Second,
 		// Half the Redis binding keys' 24 h TTL.
 		RebindInterval: 12 * time.Hour,
 		SweepInterval:  time.Minute,
 		// About a second of peak traffic for one node.
 		DispatchQueue: 4096,
-		DrainTimeout:  30 * time.Second,
-		DrainSpread:   10 * time.Second,
-		Gossip:        gossip.DefaultConfig(),
-		RPCAddr:       ":7947",
-		RPC:           rpc.DefaultClientConfig(),
-		Ring:          ring.DefaultConfig(),
+		// Each is a small message reference; 10,000 ride out a long store
+		// outage at a busy node.
+		MaxUnresolved: 10000,
+		// Two tiny batches a second per push node and dispatch node.
+		CursorInterval: 500 * time.Millisecond,
+		// Gossip announces a node within a second on a LAN; one more
+		// covers MaxClockSkew.
+		CursorLag: 2 * time.Second,
+		// The append timeout (10 s) and the store's own maxTimeMS, plus
+		// margin for a server still finishing a write.
+		AppendGrace: 15 * time.Second,
+		// NTP keeps clocks within milliseconds; a second means something is
+		// wrong, and it is half of CursorLag.
+		MaxClockSkew: time.Second,
+		DrainTimeout: 30 * time.Second,
+		DrainSpread:  10 * time.Second,
+		Gossip:       gossip.DefaultConfig(),
+		RPCAddr:      ":7947",
+		RPC:          rpc.DefaultClientConfig(),
+		Ring:         ring.DefaultConfig(),
 		// Redis answers in well under a millisecond; a second means it is
 		// not answering, and the ring is the better guess.
 		LookupTimeout: time.Second,
@@ -253,6 +305,14 @@ func (c *Config) Validate() error {
 		return errors.New("node config: SweepInterval must be positive")
 	case c.DispatchQueue < 1:
 		return errors.New("node config: DispatchQueue must be at least 1")
+	case c.MaxUnresolved < 1:
+		return errors.New("node config: MaxUnresolved must be at least 1")
+	case c.LeaseCheckInterval <= 0:
+		return errors.New("node config: LeaseCheckInterval must be positive")
+	case c.CursorInterval <= 0:
+		return errors.New("node config: CursorInterval must be positive")
+	case c.CursorLag < 0 || c.AppendGrace < 0 || c.MaxClockSkew < 0:
+		return errors.New("node config: CursorLag, AppendGrace and MaxClockSkew must not be negative")
 	case c.DrainTimeout <= 0 || c.DrainSpread < 0:
 		return errors.New("node config: DrainTimeout must be positive and DrainSpread not negative")
 	case c.LookupTimeout <= 0:

@@ -4,458 +4,325 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/heraldpush/herald/edge"
-	"github.com/heraldpush/herald/node/auth"
 	"github.com/heraldpush/herald/node/rpc"
 	"github.com/heraldpush/herald/storage"
 )
 
-// dispatcher takes durable messages from collect and delivers them. One
-// goroutine drains a bounded queue in batches: messages leave in the order
-// they were accepted (per destination node too, since each node's RPC
-// stream is FIFO), and a batch shares its binding lookups.
+// localEdge is the part of the edge that dispatch delivers to.
+type localEdge interface {
+	Deliver(f *edge.Frame, users ...string) int
+	Broadcast(f *edge.Frame) int
+}
+
+// submitter hands stored messages to a dispatch node, for nodes without
+// the dispatch role (collect only).
+type submitter interface {
+	// Submit hands ms to some dispatch node; an error means none took
+	// them (try again later).
+	Submit(ctx context.Context, ms []*storage.Message) error
+}
+
+// dispatcher takes stored messages from collect and routes them: to this
+// node's connections through the edge, to other push nodes through their
+// RPC peers, or, on a node without the dispatch role, to a dispatch node.
+//
+// One goroutine drains a bounded intake in batches, so messages leave in
+// the order they were accepted and a batch shares its binding lookups. It
+// never waits for a peer (peerSender does not block) and never drops a
+// message: a full intake makes submit wait, and on a collect-only node a
+// batch no dispatch node takes is offered again until one does.
+//
+// After each batch, and every cursorInterval, it sends its tracker's
+// cursor to the push nodes: a push node that has it knows every message
+// at or below it that this node routes to it has come.
 type dispatcher struct {
-	n    *Node
-	in   chan *storage.Message
-	stop chan struct{}
-	wg   sync.WaitGroup
-	next atomic.Uint64 // round robin over dispatch nodes, for collect-only nodes
+	self    string
+	in      chan queued
+	tracker *tracker
+	log     *slog.Logger
+	m       *metrics
 
-	// Deliveries for nodes the binding store names but membership does not
-	// know yet (a node that just joined, whose clients bound before its
-	// gossip reached us). They wait up to DeferTimeout for the node.
-	defMu    sync.Mutex
-	deferred map[string][]deferredDelivery
-	defCount int
-	wake     chan struct{}
+	// Routing (dispatch role, in a cluster); all nil when standalone.
+	locator *locator
+	send    *peerSender
+	members membership
+	// handOff is set instead on a node without the dispatch role.
+	handOff submitter
+	// local is the edge, on a node with the push role; cursor gives the
+	// cursor its frames carry.
+	local  localEdge
+	cursor func() string
+
+	cursorInterval time.Duration
+
+	touched  []string // push nodes the current batch went to (the run goroutine's)
+	stranded bool     // stopped with messages no dispatch node took
+	pending  atomic.Int64
+
+	stop    chan struct{}
+	drained chan struct{} // closed when run has routed everything and returned
+	once    sync.Once
 }
 
-type deferredDelivery struct {
-	d     rpc.Delivery
-	until time.Time
+// queued is a message waiting for dispatch; tracked ones are open in the
+// tracker until routed.
+type queued struct {
+	m       *storage.Message
+	tracked bool
 }
-
-// maxDeferred bounds the deliveries waiting for unknown nodes.
-const maxDeferred = 100000
 
 // maxDispatchBatch bounds the messages handled per batch.
 const maxDispatchBatch = 256
 
-// enqueueTimeout bounds how long dispatch waits for room in one peer's RPC
-// queue; past it the delivery is skipped (the message waits for replay).
-const enqueueTimeout = time.Second
-
-func newDispatcher(n *Node) *dispatcher {
-	return &dispatcher{n: n, in: make(chan *storage.Message, n.cfg.DispatchQueue), stop: make(chan struct{}),
-		deferred: make(map[string][]deferredDelivery), wake: make(chan struct{}, 1)}
-}
-
-// known tells the dispatcher that membership learned about node id, so its
-// deferred deliveries can go. It never blocks.
-func (d *dispatcher) known(string) {
-	select {
-	case d.wake <- struct{}{}:
-	default:
-	}
-}
+// errStopping: the node stops; the message was not taken.
+var errStopping = errors.New("node: stopping")
 
 func (d *dispatcher) start() {
-	d.wg.Add(1)
 	go d.run()
 }
 
-// submit queues a stored message, waiting for room while ctx lasts. A
-// message that does not fit in time stays in the store for replay.
-func (d *dispatcher) submit(ctx context.Context, m *storage.Message) {
+// submit queues a stored message, waiting for room; it fails only once
+// the dispatcher has stopped, or ctx ends (then the caller still owns
+// the message).
+func (d *dispatcher) submit(ctx context.Context, m *storage.Message, tracked bool) error {
+	q := queued{m, tracked}
+	d.pending.Add(1)
 	select {
-	case d.in <- m:
-		d.n.metrics.dispatchQueue.Inc()
-		return
+	case d.in <- q:
+		d.m.dispatchQueue.Inc()
+		return nil
 	default:
 	}
+	d.m.dispatchWaits.Inc()
 	select {
-	case d.in <- m:
-		d.n.metrics.dispatchQueue.Inc()
+	case d.in <- q:
+		d.m.dispatchQueue.Inc()
+		return nil
 	case <-ctx.Done():
-		d.n.metrics.dispatchDropped.Inc()
-		d.n.log.Warn("dispatch queue full; message left for replay", "id", m.ID)
+		d.pending.Add(-1)
+		return ctx.Err()
 	case <-d.stop:
-		d.n.metrics.dispatchDropped.Inc()
+		d.pending.Add(-1)
+		return errStopping
 	}
 }
 
+// drain waits until every message submitted so far has been routed (or
+// handed to a dispatch node), and, with the dispatch role, until every
+// push node has acked what it was sent; or until ctx ends.
+func (d *dispatcher) drain(ctx context.Context) error {
+	for d.pending.Load() > 0 {
+		t := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%d messages not routed: %w", d.pending.Load(), ctx.Err())
+		}
+	}
+	if d.stranded {
+		return errors.New("messages no dispatch node took")
+	}
+	return nil
+}
+
 func (d *dispatcher) run() {
-	defer d.wg.Done()
-	batch := make([]*storage.Message, 0, maxDispatchBatch)
-	tick := time.NewTicker(100 * time.Millisecond)
+	defer close(d.drained)
+	batch := make([]queued, 0, maxDispatchBatch)
+	tick := time.NewTicker(d.cursorInterval)
 	defer tick.Stop()
 	for {
 		select {
-		case m := <-d.in:
-			batch = append(batch[:0], m)
-		case <-d.wake:
-			d.flushDeferred()
-			continue
+		case q := <-d.in:
+			batch = append(batch[:0], q)
 		case <-tick.C:
-			d.flushDeferred()
+			d.heartbeat()
 			continue
 		case <-d.stop:
-			return
-		}
-	more:
-		for len(batch) < maxDispatchBatch {
-			select {
-			case m := <-d.in:
-				batch = append(batch, m)
-			default:
-				break more
+			// Route what is left, then stop.
+			for {
+				select {
+				case q := <-d.in:
+					batch = append(batch[:0], q)
+					d.fill(&batch)
+					d.handle(batch)
+					clear(batch)
+				default:
+					d.heartbeat()
+					return
+				}
 			}
 		}
-		d.n.metrics.dispatchQueue.Sub(float64(len(batch)))
-		if d.n.cfg.Has(RoleDispatch) || d.n.cluster == nil {
-			d.deliver(batch)
-		} else {
-			d.handOff(batch)
-		}
+		d.fill(&batch)
+		d.handle(batch)
 		clear(batch)
 	}
 }
 
-// deliver routes a batch: local connections through the edge, remote push
-// nodes through RPC.
-func (d *dispatcher) deliver(batch []*storage.Message) {
-	n := d.n
-	where := d.locate(batch)
-	for _, m := range batch {
-		if n.edge != nil {
-			f := edge.EncodeMessage(m.ID, m.Data, m.CreatedAt, "")
-			var conns int
-			if m.Broadcast {
-				conns = n.edge.Broadcast(f)
-			} else {
-				conns = n.edge.Deliver(f, m.To...)
-			}
-			n.metrics.delivered.Add(float64(conns))
+// fill adds what else is queued, up to a batch.
+func (d *dispatcher) fill(batch *[]queued) {
+	for len(*batch) < maxDispatchBatch {
+		select {
+		case q := <-d.in:
+			*batch = append(*batch, q)
+		default:
+			return
 		}
-		if n.cluster != nil {
-			if m.Broadcast {
-				for _, p := range n.cluster.withRole(RolePush) {
-					if p.ID != n.self.ID {
-						d.forward(p.ID, rpc.Delivery{Message: m})
-					}
-				}
-			} else {
-				for h, users := range where.split(m.To) {
-					mm := *m
-					mm.To = users
-					dl := rpc.Delivery{Message: &mm}
-					if h.guessed {
-						dl.Hops = 1 // the owner holds them or nobody does: no second lookup
-					}
-					d.forward(h.node, dl)
-				}
-			}
-		}
-		n.metrics.dispatchLatency.Observe(time.Since(m.CreatedAt).Seconds())
 	}
 }
 
-// locate finds the remote push nodes of the batch's recipients (see
-// resolve). This node is left out: local delivery needs no lookup.
-func (d *dispatcher) locate(batch []*storage.Message) route {
-	n := d.n
-	if n.cluster == nil {
-		return route{}
+func (d *dispatcher) handle(batch []queued) {
+	d.m.dispatchQueue.Sub(float64(len(batch)))
+	if d.handOff != nil {
+		if !d.handOffBatch(batch) {
+			d.pending.Add(-int64(len(batch)))
+			return // stopping: they stay open
+		}
+	} else {
+		d.route(batch)
 	}
+	for _, q := range batch {
+		if q.tracked {
+			d.tracker.Done(q.m.ID)
+		}
+		d.m.dispatchLatency.Observe(time.Since(q.m.CreatedAt).Seconds())
+	}
+	d.pending.Add(-int64(len(batch)))
+	if d.send != nil {
+		// The push nodes this batch went to get the cursor at once, riding
+		// with the batch; the others on the next heartbeat.
+		d.send.Cursor(d.tracker.Cursor(), d.touched)
+		d.touched = d.touched[:0]
+	}
+}
+
+// heartbeat sends the cursor to every push node.
+func (d *dispatcher) heartbeat() {
+	if d.send == nil || d.members == nil {
+		return
+	}
+	d.send.Expire(time.Now())
+	d.send.Cursor(d.tracker.Cursor(), d.members.PushNodes())
+}
+
+// route delivers a batch: local connections through the edge, remote
+// push nodes through their peers.
+func (d *dispatcher) route(batch []queued) {
+	var where route
+	if d.locator != nil {
+		where = d.locator.locate(recipients(batch))
+	}
+	var push []string
+	for _, q := range batch {
+		m := q.m
+		if d.local != nil {
+			f := edge.EncodeMessage(m.ID, m.Data, m.CreatedAt, d.cursor())
+			var conns int
+			if m.Broadcast {
+				conns = d.local.Broadcast(f)
+			} else {
+				conns = d.local.Deliver(f, m.To...)
+			}
+			d.m.delivered.Add(float64(conns))
+		}
+		if d.send == nil {
+			continue
+		}
+		if m.Broadcast {
+			if push == nil {
+				push = d.members.PushNodes()
+			}
+			for _, id := range push {
+				if id != d.self {
+					d.sendTo(id, rpc.Delivery{Message: m})
+				}
+			}
+			continue
+		}
+		for _, h := range where.split(m.To) {
+			mm := *m
+			mm.To = h.users
+			dl := rpc.Delivery{Message: &mm}
+			if h.guessed {
+				dl.Hops = 1 // the node holds them or nobody does: no second lookup
+			}
+			d.sendTo(h.node, dl)
+		}
+	}
+}
+
+func (d *dispatcher) sendTo(id string, dl rpc.Delivery) {
+	d.send.Send(id, dl)
+	d.m.forwarded.Inc()
+	for _, t := range d.touched {
+		if t == id {
+			return
+		}
+	}
+	d.touched = append(d.touched, id)
+}
+
+// recipients lists the distinct recipients of a batch's direct messages.
+func recipients(batch []queued) []string {
 	seen := make(map[string]struct{})
 	var users []string
-	for _, m := range batch {
-		for _, u := range m.To {
+	for _, q := range batch {
+		for _, u := range q.m.To {
 			if _, ok := seen[u]; !ok {
 				seen[u] = struct{}{}
 				users = append(users, u)
 			}
 		}
 	}
-	if len(users) == 0 {
-		return route{}
-	}
-	return n.resolve(users, true)
+	return users
 }
 
-// resolve maps users to the remote push nodes holding them, as the binding
-// store says, keeping only live push members.
-//
-// With ringFallback, a user the store has no binding for goes to its ring
-// owner, where clients are steered, marked as guessed: bindings can lag
-// (written just after a connect, lost with a Redis that restarted empty,
-// failed during an outage) and the owner delivers if it holds the user.
-// When the store fails, every user is guessed that way. Without
-// ringFallback (a push node re-resolving a miss), only bindings count.
-func (n *Node) resolve(users []string, ringFallback bool) route {
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.LookupTimeout)
-	bound, err := n.cfg.Bindings.Lookup(ctx, users)
-	cancel()
-	where := route{nodes: make(map[string][]string, len(users)), guessed: make(map[string]bool)}
-	if err != nil {
-		n.metrics.lookupErrors.Inc()
-		if !ringFallback {
-			return where
-		}
-		n.log.Debug("binding lookup failed; routing by ring", "users", len(users), "err", err)
-		bound = nil
+// handOffBatch gives a batch to a dispatch node, trying again (with
+// backoff) until one takes it or the node stops: the messages are
+// accepted, so they must be routed. It reports whether one took it.
+func (d *dispatcher) handOffBatch(batch []queued) bool {
+	ms := make([]*storage.Message, len(batch))
+	for i, q := range batch {
+		ms[i] = q.m
 	}
-	snap := n.cluster.ring.Snapshot()
-	for _, u := range users {
-		nodes, ok := bound[u]
-		if !ok {
-			if !ringFallback {
-				continue
-			}
-			if owner, ok := snap.Owner(u); ok && owner != n.self.ID {
-				where.nodes[u] = []string{owner}
-				where.guessed[u] = true
-				n.metrics.ringRouted.Inc()
-			}
-			continue
-		}
-		for _, id := range nodes {
-			if id == n.self.ID {
-				continue
-			}
-			// A node not known yet is kept: forward waits a little for it.
-			if m, ok := n.cluster.member(id); !ok || m.HasRole(string(RolePush)) {
-				where.nodes[u] = append(where.nodes[u], id)
-			}
-		}
-	}
-	return where
-}
-
-// route says where recipients are: nodes per user, and which users were
-// only guessed (their ring owner, for want of a binding).
-type route struct {
-	nodes   map[string][]string
-	guessed map[string]bool
-}
-
-// hop is one delivery to make: users on a node, and whether they were
-// guessed (a guessed delivery is not looked up again on a miss).
-type hop struct {
-	node    string
-	guessed bool
-}
-
-// split groups recipients by destination node and guessing.
-func (r route) split(to []string) map[hop][]string {
-	out := make(map[hop][]string)
-	for _, u := range to {
-		for _, node := range r.nodes[u] {
-			h := hop{node, r.guessed[u]}
-			out[h] = append(out[h], u)
-		}
-	}
-	return out
-}
-
-// forward queues a delivery for remote push node id. A node membership
-// does not know yet gets it once it appears, within DeferTimeout; earlier
-// deliveries deferred for the node go first.
-func (d *dispatcher) forward(id string, dl rpc.Delivery) {
-	d.defMu.Lock()
-	p, ok := d.n.cluster.member(id)
-	if !ok {
-		if d.defCount >= maxDeferred {
-			d.defMu.Unlock()
-			d.n.metrics.forwardFailed.Inc()
-			return
-		}
-		d.deferred[id] = append(d.deferred[id], deferredDelivery{dl, time.Now().Add(d.n.cfg.DeferTimeout)})
-		d.defCount++
-		d.defMu.Unlock()
-		d.n.metrics.deferred.Inc()
-		return
-	}
-	pending := d.deferred[id]
-	if pending != nil {
-		delete(d.deferred, id)
-		d.defCount -= len(pending)
-	}
-	d.defMu.Unlock()
-	now := time.Now()
-	for _, x := range pending {
-		if now.Before(x.until) {
-			d.enqueue(p.RPCAddr, x.d)
-		} else {
-			d.n.metrics.forwardFailed.Inc()
-		}
-	}
-	d.enqueue(p.RPCAddr, dl)
-}
-
-// flushDeferred forwards what waited for nodes now known and drops what
-// waited too long (the messages wait for replay).
-func (d *dispatcher) flushDeferred() {
-	d.defMu.Lock()
-	var ready []string
-	now := time.Now()
-	for id, pending := range d.deferred {
-		if _, ok := d.n.cluster.member(id); ok {
-			ready = append(ready, id)
-			continue
-		}
-		keep := pending[:0]
-		for _, x := range pending {
-			if now.Before(x.until) {
-				keep = append(keep, x)
-			}
-		}
-		if dropped := len(pending) - len(keep); dropped > 0 {
-			d.defCount -= dropped
-			d.n.metrics.forwardFailed.Add(float64(dropped))
-		}
-		if len(keep) == 0 {
-			delete(d.deferred, id)
-		} else {
-			d.deferred[id] = keep
-		}
-	}
-	d.defMu.Unlock()
-	for _, id := range ready {
-		d.forward(id, rpc.Delivery{})
-	}
-}
-
-// enqueue hands a delivery to a peer's RPC queue, waiting a bounded time.
-func (d *dispatcher) enqueue(addr string, dl rpc.Delivery) {
-	if dl.Message == nil {
-		return // a flush without a delivery of its own
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), enqueueTimeout)
-	err := d.n.cluster.rpc.Peer(addr).Enqueue(ctx, dl)
-	cancel()
-	if err != nil {
-		d.n.metrics.forwardFailed.Inc()
-		d.n.log.Debug("forward skipped; the message waits for replay", "peer", addr, "id", dl.Message.ID, "err", err)
-		return
-	}
-	d.n.metrics.forwarded.Inc()
-}
-
-// handOff sends a batch to a dispatch node, for nodes without the dispatch
-// role (collect only). Dispatch nodes are tried round robin.
-func (d *dispatcher) handOff(batch []*storage.Message) {
-	targets := d.n.cluster.withRole(RoleDispatch)
-	start := int(d.next.Add(1))
-	for i := range targets {
-		t := targets[(start+i)%len(targets)]
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := d.n.cluster.rpc.Peer(t.RPCAddr).Submit(ctx, batch)
+		err := d.handOff.Submit(ctx, ms)
 		cancel()
 		if err == nil {
-			return
+			return true
 		}
-		d.n.log.Warn("handing messages to a dispatch node failed", "node", t.ID, "err", err)
+		if attempt == 1 || attempt%20 == 0 {
+			d.log.Warn("no dispatch node took the messages; trying again", "messages", len(ms), "attempt", attempt, "err", err)
+		}
+		d.m.handOffRetries.Inc()
+		t := time.NewTimer(time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64())))
+		select {
+		case <-t.C:
+		case <-d.stop:
+			t.Stop()
+			// Stopping with messages no dispatch node took: they stay open
+			// in the tracker, so the cursor this node last sent holds the
+			// push nodes back until they recover them (it never ends its
+			// sessions cleanly now).
+			d.log.Error("stopping with messages no dispatch node took", "messages", len(ms))
+			d.stranded = true
+			return false
+		}
+		wait = min(2*wait, 2*time.Second)
 	}
-	d.n.metrics.dispatchDropped.Add(float64(len(batch)))
-	d.n.log.Warn("no dispatch node took the batch; messages wait for replay", "messages", len(batch), "dispatch_nodes", len(targets))
 }
 
+// shutdown stops taking messages, routes what was queued, and waits.
 func (d *dispatcher) shutdown() {
-	close(d.stop)
-	d.wg.Wait()
-}
-
-// deliveryFailed is called by the RPC client for deliveries a peer did not
-// ack; the messages are durable, so they wait for replay.
-func (n *Node) deliveryFailed(addr string, ds []rpc.Delivery, err error) {
-	n.metrics.forwardFailed.Add(float64(len(ds)))
-	n.log.Debug("deliveries to a peer failed; the messages wait for replay", "peer", addr, "deliveries", len(ds), "err", err)
-}
-
-// rpcHandler serves the node's internal RPC.
-type rpcHandler struct{ n *Node }
-
-// Deliver delivers messages another node routed here. A recipient with no
-// connection here is looked up again once, and forwarded to where it is
-// now (hops 0 only), else left for replay.
-func (h rpcHandler) Deliver(_ context.Context, ds []rpc.Delivery) error {
-	n := h.n
-	if n.edge == nil {
-		return errors.New("this node has no push role")
-	}
-	for _, dl := range ds {
-		m := dl.Message
-		f := edge.EncodeMessage(m.ID, m.Data, m.CreatedAt, "")
-		if m.Broadcast {
-			n.metrics.delivered.Add(float64(n.edge.Broadcast(f)))
-			continue
-		}
-		var missing []string
-		for _, u := range m.To {
-			if c := n.edge.Deliver(f, u); c > 0 {
-				n.metrics.delivered.Add(float64(c))
-			} else {
-				missing = append(missing, u)
-			}
-		}
-		if len(missing) == 0 || dl.Hops > 0 || n.cluster == nil {
-			continue
-		}
-		n.metrics.misrouted.Add(float64(len(missing)))
-		for h, users := range n.resolve(missing, false).split(missing) {
-			mm := *m
-			mm.To = users
-			n.dispatch.forward(h.node, rpc.Delivery{Message: &mm, Hops: dl.Hops + 1})
-		}
-	}
-	return nil
-}
-
-// Submit takes stored messages from a collect-only node.
-func (h rpcHandler) Submit(ctx context.Context, ms []*storage.Message) error {
-	if !h.n.cfg.Has(RoleDispatch) {
-		return errors.New("this node has no dispatch role")
-	}
-	for _, m := range ms {
-		h.n.dispatch.submit(ctx, m)
-	}
-	return nil
-}
-
-// Verify checks a token for a push node without the auth role.
-func (h rpcHandler) Verify(ctx context.Context, token string) (auth.Identity, error) {
-	if !h.n.cfg.Has(RoleAuth) || h.n.cfg.Auth == nil {
-		return auth.Identity{}, fmt.Errorf("%w: this node has no auth role", auth.ErrUnavailable)
-	}
-	return h.n.cfg.Auth.Authenticate(ctx, token)
-}
-
-// clusterAuth verifies tokens with the cluster's auth nodes, for a push
-// node without the auth role or an auth URL.
-type clusterAuth struct {
-	n    *Node
-	next atomic.Uint64
-}
-
-func (a *clusterAuth) Authenticate(ctx context.Context, token string) (auth.Identity, error) {
-	nodes := a.n.cluster.withRole(RoleAuth)
-	if len(nodes) == 0 {
-		return auth.Identity{}, fmt.Errorf("%w: no auth node in the cluster", auth.ErrUnavailable)
-	}
-	start := int(a.next.Add(1))
-	var err error
-	for i := range min(len(nodes), 2) { // one retry on another auth node
-		p := nodes[(start+i)%len(nodes)]
-		var id auth.Identity
-		id, err = a.n.cluster.rpc.Peer(p.RPCAddr).Verify(ctx, token)
-		if err == nil || errors.Is(err, auth.ErrInvalidToken) {
-			return id, err
-		}
-	}
-	return auth.Identity{}, err
+	d.once.Do(func() { close(d.stop) })
+	<-d.drained
 }

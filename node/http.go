@@ -56,6 +56,10 @@ func (n *Node) readyz(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if p := n.skew.problem(); p != "" {
+		writeAPIError(w, &apiError{http.StatusServiceUnavailable, "clock_skew", p})
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 

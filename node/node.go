@@ -107,11 +107,14 @@ type Node struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 	self    storage.Node
-	ids     *storage.IDGenerator
+	tracker *tracker // issues message IDs; this node's routing cursor
 
 	edge     *edge.Server // push role
 	presence *presence    // push role
+	sources  *sources     // push role: the cursor
 	dispatch *dispatcher
+	resolver *resolver // collect role
+	skew     *skewCheck
 	cluster  *cluster // nil when standalone
 	auth     Authenticator
 	public   string // PublicURL, resolved at Start
@@ -120,10 +123,23 @@ type Node struct {
 	http *http.Server
 
 	state    atomic.Int32
-	mu       sync.Mutex // serializes Start, Drain, Shutdown
+	mu       sync.Mutex   // serializes Start, Drain, Shutdown
+	postsMu  sync.RWMutex // guards the draining state against POSTs starting
+	posts    sync.WaitGroup
 	stop     chan struct{}
 	bg       sync.WaitGroup
 	httpDone chan struct{}
+}
+
+// beginPost counts a POST in unless the node no longer takes them.
+func (n *Node) beginPost() bool {
+	n.postsMu.RLock()
+	defer n.postsMu.RUnlock()
+	if n.State() != StateRunning {
+		return false
+	}
+	n.posts.Add(1)
+	return true
 }
 
 // New validates cfg and builds the node. It starts nothing.
@@ -148,11 +164,10 @@ func New(cfg Config) (*Node, error) {
 	_, _ = rand.Read(inc[:])
 	n := &Node{
 		cfg: cfg, log: log, metrics: m, reg: reg,
-		self: storage.Node{ID: cfg.NodeID, Incarnation: hex.EncodeToString(inc[:])},
-		ids:  storage.NewIDGenerator(nil),
-		stop: make(chan struct{}),
+		self:    storage.Node{ID: cfg.NodeID, Incarnation: hex.EncodeToString(inc[:])},
+		tracker: newTracker(cfg.Clock),
+		stop:    make(chan struct{}),
 	}
-	n.dispatch = newDispatcher(n)
 	n.auth = cfg.Auth
 	if !cfg.Standalone {
 		if n.cluster, err = newCluster(n); err != nil {
@@ -162,8 +177,24 @@ func New(cfg Config) (*Node, error) {
 			n.auth = &clusterAuth{n: n} // verify with the cluster's auth nodes
 		}
 	}
+	n.dispatch = n.newDispatcher()
+	if cfg.Has(RoleCollect) {
+		n.resolver = newResolver(cfg.Messages,
+			func(m *storage.Message) error { return n.dispatch.submit(context.Background(), m, true) },
+			n.tracker.Done, log.With("part", "resolver"), m, cfg.MaxUnresolved)
+	}
+	n.skew = &skewCheck{n: n}
 	if cfg.Has(RolePush) {
-		n.presence = newPresence(n, n.self)
+		n.sources = newSources(n.self.ID, log.With("part", "cursor"), m)
+		if cfg.Has(RoleDispatch) || n.cluster == nil {
+			n.sources.local = n.tracker.Cursor
+		}
+		if n.cluster != nil {
+			n.sources.lag = cfg.CursorLag
+			n.sources.leaseHolder = cfg.Bindings.LeaseHolder
+		}
+		n.sources.appendGrace = cfg.AppendGrace
+		n.presence = newPresence(n.self, cfg.Bindings, n.sources, log.With("part", "presence"), m, &cfg)
 		ec := cfg.Edge
 		ec.NodeID = cfg.NodeID
 		ec.MaxMessageBytes = cfg.MaxMessageBytes
@@ -175,6 +206,10 @@ func New(cfg Config) (*Node, error) {
 		if n.edge, err = edge.New(ec); err != nil {
 			return nil, err
 		}
+		n.presence.edge = n.edge
+		n.sources.setEdge(n.edge)
+		n.dispatch.local = n.edge
+		n.dispatch.cursor = n.sources.Cursor
 	}
 	n.http = &http.Server{Handler: n.routes(), ReadHeaderTimeout: cfg.Edge.HandshakeTimeout, MaxHeaderBytes: cfg.Edge.MaxHeaderBytes}
 	if n.edge != nil {
@@ -182,6 +217,38 @@ func New(cfg Config) (*Node, error) {
 	}
 	return n, nil
 }
+
+// newDispatcher builds the dispatcher for the node's roles.
+func (n *Node) newDispatcher() *dispatcher {
+	d := &dispatcher{
+		self: n.self.ID, in: make(chan queued, n.cfg.DispatchQueue), tracker: n.tracker,
+		log: n.log.With("part", "dispatch"), m: n.metrics, cursorInterval: n.cfg.CursorInterval,
+		stop: make(chan struct{}), drained: make(chan struct{}),
+	}
+	if n.cluster == nil {
+		return d
+	}
+	if !n.cfg.Has(RoleDispatch) {
+		d.handOff = &clusterSubmitter{n: n}
+		return d
+	}
+	d.members = n.cluster
+	d.locator = &locator{
+		self: n.self.ID, bindings: n.cfg.Bindings, members: n.cluster, timeout: n.cfg.LookupTimeout,
+		onLookupError: func(err error) {
+			n.metrics.lookupErrors.Inc()
+			n.log.Debug("binding lookup failed; sending to every push node", "err", err)
+		},
+		onGuess: func(k int) { n.metrics.ringRouted.Add(float64(k)) },
+	}
+	d.send = newPeerSender(n.cluster.rpc, n.cluster.rpcAddr, n.cfg.DeferTimeout, maxDeferred)
+	d.send.onDefer = n.metrics.deferred.Inc
+	d.send.onDrop = func(k int) { n.metrics.deferDropped.Add(float64(k)) }
+	return d
+}
+
+// maxDeferred bounds the deliveries waiting for unknown nodes.
+const maxDeferred = 100000
 
 // edgeAuth adapts an Authenticator to the edge's interface.
 type edgeAuth struct{ a Authenticator }
@@ -252,8 +319,8 @@ func (n *Node) Members() []NodeInfo {
 }
 
 // Kill stops the node as a crash would, for tests and chaos drills: no
-// gossip leave, no close frames, no unbinding, no flushing. The process
-// state is released (goroutines stop, stores close).
+// gossip leave, no close frames, no unbinding, no flushing, no session
+// end. The process state is released (goroutines stop, stores close).
 func (n *Node) Kill() {
 	n.mu.Lock()
 	if n.State() == StateStopped {
@@ -271,13 +338,19 @@ func (n *Node) Kill() {
 	if n.edge != nil {
 		n.edge.Abort()
 	}
-	n.dispatch.shutdown()
 	close(n.stop)
+	if n.cluster != nil {
+		n.cluster.kill() // before dispatch stops: nothing more leaves
+	}
+	n.dispatch.shutdown()
+	if n.resolver != nil {
+		n.resolver.shutdown()
+	}
 	if n.presence != nil {
 		n.presence.abort()
 	}
-	if n.cluster != nil {
-		n.cluster.kill()
+	if n.sources != nil {
+		n.sources.shutdown()
 	}
 	n.bg.Wait()
 	_ = n.cfg.Messages.Close()
@@ -285,18 +358,29 @@ func (n *Node) Kill() {
 	n.log.Info("herald node killed")
 }
 
-// Start listens and starts the roles in dependency order: bindings, edge,
-// dispatch, sweeper, then the HTTP server.
-func (n *Node) Start(ctx context.Context) error {
+// Start listens and starts the roles in dependency order: cluster (RPC
+// and gossip), presence (the lease), edge, dispatch, resolver, sweeper,
+// then the HTTP server. If a step fails, what started is stopped again,
+// in reverse.
+func (n *Node) Start(ctx context.Context) (err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.State() != StateNew {
 		return errors.New("node: already started")
 	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
 	ln, err := net.Listen("tcp", n.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", n.cfg.Addr, err)
 	}
+	undo = append(undo, func() { ln.Close() })
 	n.ln = ln
 	n.public = n.cfg.PublicURL
 	if n.public == "" {
@@ -304,28 +388,37 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	if n.cluster != nil {
 		if err := n.cluster.start(ctx, n.public); err != nil {
-			ln.Close()
 			_ = n.cluster.shutdown(context.Background())
 			return fmt.Errorf("join cluster: %w", err)
 		}
+		undo = append(undo, func() { close(n.stop); n.bg.Wait(); _ = n.cluster.shutdown(context.Background()) })
 	}
 	if n.presence != nil {
 		if err := n.presence.start(ctx); err != nil {
-			ln.Close()
 			return fmt.Errorf("start presence: %w", err)
 		}
+		undo = append(undo, n.presence.abort)
+		n.sources.run()
+		undo = append(undo, n.sources.shutdown)
 	}
 	if n.edge != nil {
 		if err := n.edge.Start(); err != nil {
-			ln.Close()
 			return fmt.Errorf("start edge: %w", err)
 		}
 	}
 	n.dispatch.start()
+	if n.resolver != nil {
+		n.resolver.start()
+	}
 	if n.cfg.Has(RoleCollect) {
 		n.bg.Add(1)
 		go n.sweep()
+		if n.dispatch.handOff != nil {
+			n.bg.Add(1)
+			go n.heartbeat()
+		}
 	}
+	n.skew.start()
 	n.httpDone = make(chan struct{})
 	go func() {
 		defer close(n.httpDone)
@@ -337,6 +430,24 @@ func (n *Node) Start(ctx context.Context) error {
 	n.log.Info("herald node started", "addr", ln.Addr().String(), "roles", fmt.Sprint(n.cfg.Roles),
 		"gossip", n.GossipAddr(), "rpc", n.RPCAddr(), "public_url", n.public, "incarnation", n.self.Incarnation)
 	return nil
+}
+
+// heartbeat sends a collect-only node's cursor to the dispatch nodes.
+func (n *Node) heartbeat() {
+	defer n.bg.Done()
+	t := time.NewTicker(n.cfg.CursorInterval)
+	defer t.Stop()
+	s := n.dispatch.handOff.(*clusterSubmitter)
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.CursorInterval)
+		s.heartbeat(ctx)
+		cancel()
+	}
 }
 
 // sweep deletes expired messages periodically.
@@ -361,40 +472,87 @@ func (n *Node) sweep() {
 	}
 }
 
-// Drain takes the node out of service without losing a message: it
-// becomes not ready, leaves the cluster (others stop routing to it and
-// steer clients elsewhere), tells its WebSocket clients to reconnect to
-// their ring owner once this node is gone, after a random delay within
-// DrainSpread, and waits for queued deliveries to other nodes. The HTTP
-// API keeps serving until Shutdown. It returns when done, when
-// DrainTimeout passes, or when ctx ends.
+// Drain takes the node out of service without losing a message:
+//
+//  1. it becomes not ready and refuses new POSTs (503 draining);
+//  2. it leaves the cluster: the others stop routing to it and steer
+//     clients elsewhere;
+//  3. it tells its WebSocket clients to reconnect to their ring owner once
+//     it is gone, spread over DrainSpread (they resume from their cursor);
+//  4. it waits for the POSTs in progress, routes every accepted message,
+//     settles the appends whose outcome was lost, waits until every push
+//     node has acked what it was sent, and ends its delivery sessions, so
+//     the push nodes stop holding their cursor for it.
+//
+// It returns when done, when DrainTimeout passes, or when ctx ends. Cut
+// short, it skips ending its sessions: the others then treat it as a node
+// that died, and recover from the store.
 func (n *Node) Drain(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.State() != StateRunning {
 		return nil
 	}
+	n.postsMu.Lock()
 	n.state.Store(int32(StateDraining))
+	n.postsMu.Unlock()
 	n.log.Info("draining")
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.DrainTimeout)
 	defer cancel()
 	var errs []error
+	if n.presence != nil {
+		n.presence.setDraining()
+	}
 	if n.cluster != nil {
 		if err := n.cluster.leave(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("leave cluster: %w", err))
 		}
 	}
+	edgeDone := make(chan error, 1)
 	if n.edge != nil {
-		if err := n.edge.Drain(ctx, n.reconnectHint, n.cfg.DrainSpread); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			errs = append(errs, fmt.Errorf("drain edge: %w", err))
+		go func() { edgeDone <- n.edge.Drain(ctx, n.reconnectHint, n.cfg.DrainSpread) }()
+	} else {
+		edgeDone <- nil
+	}
+	clean := true
+	if err := waitGroup(ctx, &n.posts); err != nil {
+		errs = append(errs, fmt.Errorf("posts in progress: %w", err))
+		clean = false
+	}
+	if n.resolver != nil {
+		if err := n.resolver.drain(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("settle lost appends: %d left: %w", n.resolver.pending(), err))
+			clean = false
 		}
 	}
-	if n.cluster != nil {
-		if err := n.cluster.rpc.Flush(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("flush deliveries: %w", err))
+	if err := n.dispatch.drain(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("dispatch: %w", err))
+		clean = false
+	}
+	if n.cluster != nil && clean && n.cfg.Has(RoleDispatch) {
+		if err := n.cluster.endSessions(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("end delivery sessions: %w", err))
 		}
+	}
+	if err := <-edgeDone; err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		errs = append(errs, fmt.Errorf("drain edge: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// waitGroup waits for wg or ctx.
+func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // reconnectHint is the WebSocket URL of user's ring owner once this node
@@ -410,8 +568,10 @@ func (n *Node) reconnectHint(user string) string {
 	return wsURL(m.PublicURL)
 }
 
-// Shutdown stops the roles in reverse order, unbinds this node's users,
-// and closes the stores. It is idempotent; it returns the joined errors.
+// Shutdown stops the roles in reverse order: HTTP, the edge, dispatch
+// (after routing what is queued), the resolver, presence (unbinding this
+// node's users), the cursor, the cluster; then it closes the stores. It is
+// idempotent; it returns the joined errors.
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -419,7 +579,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if prev == StateStopped {
 		return nil
 	}
+	n.postsMu.Lock()
 	n.state.Store(int32(StateStopped))
+	n.postsMu.Unlock()
 	var errs []error
 	phase := time.Now()
 	step := func(name string) {
@@ -441,12 +603,22 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	}
 	if prev != StateNew {
 		n.dispatch.shutdown()
+		if n.resolver != nil {
+			n.resolver.shutdown()
+		}
+		if n.cluster != nil {
+			// What dispatch routed last goes out before the connections close.
+			if err := n.cluster.rpc.Flush(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("flush deliveries: %w", err))
+			}
+		}
 		close(n.stop)
 		step("dispatch")
 		if n.presence != nil {
 			if err := n.presence.shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("unbind: %w", err))
 			}
+			n.sources.shutdown()
 			step("unbind")
 		}
 		if n.cluster != nil {

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -10,16 +11,42 @@ import (
 	"github.com/heraldpush/herald/storage"
 )
 
+// presenceEdge is what presence needs of the edge: who is connected.
+type presenceEdge interface {
+	Online(user string) bool
+	Users() []string
+	UsersInShard(i int) []string
+}
+
 // presence keeps this node's bindings in the binding store: it batches the
 // edge's online/offline events into Bind/Unbind calls and renews the
 // node's lease. It is the edge's Listener.
+//
+// It also keeps the node's cursor honest about the binding store
+// (sources): the cursor goes no further than the last lease renewal that
+// found the lease (and so the bindings) intact; if the store lost them,
+// every user is bound again and every connection resyncs from there; and
+// while bindings cannot be written, the cursor waits, and the users
+// concerned resync once they are.
 type presence struct {
-	n    *Node
-	self storage.Node
+	self     storage.Node
+	bindings storage.Bindings
+	edge     presenceEdge // set before start
+	src      *sources
+	log      *slog.Logger
+	m        *metrics
 
-	mu      sync.Mutex
-	pending map[string]struct{} // users whose binding must be written
-	done    chan struct{}       // closed when the pending batch is written
+	leaseTTL, leaseEvery, rebindInterval time.Duration
+
+	mu       sync.Mutex
+	pending  map[string]uint64 // user -> generation of its mark
+	inflight map[string]uint64 // being written by the flush in progress
+	gen      uint64            // generation of the next flush
+	written  uint64            // the last generation flushed (written or failed)
+	flushed  chan struct{}     // closed when a flush ends
+	failing  map[string]struct{}
+	rebind   bool // the lease was lost: every user is being bound again
+	draining bool // the node drains: no more re-binding
 
 	wake chan struct{}
 	stop chan struct{}
@@ -29,13 +56,18 @@ type presence struct {
 // bindBatch bounds the users per Bind or Unbind call.
 const bindBatch = 1000
 
-func newPresence(n *Node, self storage.Node) *presence {
+func newPresence(self storage.Node, b storage.Bindings, src *sources, log *slog.Logger, m *metrics, cfg *Config) *presence {
 	return &presence{
-		n: n, self: self,
-		pending: make(map[string]struct{}),
-		done:    make(chan struct{}),
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
+		self: self, bindings: b, src: src, log: log, m: m,
+		leaseTTL:       cfg.LeaseTTL,
+		leaseEvery:     min(cfg.LeaseTTL/3, cfg.LeaseCheckInterval),
+		rebindInterval: cfg.RebindInterval,
+		pending:        make(map[string]uint64),
+		failing:        make(map[string]struct{}),
+		gen:            1,
+		flushed:        make(chan struct{}),
+		wake:           make(chan struct{}, 1),
+		stop:           make(chan struct{}),
 	}
 }
 
@@ -45,13 +77,15 @@ func (p *presence) Online(user string) { p.mark(user) }
 // Offline implements edge.Listener.
 func (p *presence) Offline(user string) { p.mark(user) }
 
-// Ack implements edge.Listener. Acks are counted by the edge; delivery is
-// at-least-once with the store as the record, so nothing else is kept.
+// Ack implements edge.Listener. Acks are counted by the edge.
 func (p *presence) Ack(string, string) {}
+
+// Cursor implements edge.Listener.
+func (p *presence) Cursor() string { return p.src.Cursor() }
 
 func (p *presence) mark(user string) {
 	p.mu.Lock()
-	p.pending[user] = struct{}{}
+	p.pending[user] = p.gen
 	p.mu.Unlock()
 	select {
 	case p.wake <- struct{}{}:
@@ -59,46 +93,66 @@ func (p *presence) mark(user string) {
 	}
 }
 
-// Settle implements edge.Listener.
+// Settle implements edge.Listener: it waits until the flush that carries
+// user's binding has run, then returns the node's cursor. If the binding
+// could not be written in time, the cursor stays where it is until it is
+// (bindsFailing), and the user's connections resync then.
 func (p *presence) Settle(ctx context.Context, user string) string {
-	p.mu.Lock()
-	_, waiting := p.pending[user]
-	done := p.done
-	p.mu.Unlock()
-	if !waiting {
-		return ""
+	for {
+		p.mu.Lock()
+		g, ok := p.inflight[user]
+		if !ok {
+			g, ok = p.pending[user]
+		}
+		if !ok || p.written >= g {
+			p.mu.Unlock()
+			return p.src.Cursor()
+		}
+		ch := p.flushed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			p.mu.Lock()
+			p.failing[user] = struct{}{}
+			p.mu.Unlock()
+			p.src.bindsFailing()
+			return p.src.Cursor()
+		}
 	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-	}
-	return ""
 }
-
-// Cursor implements edge.Listener.
-func (p *presence) Cursor() string { return "" }
 
 // start takes the lease (so that bindings are visible from the first
 // connection on) and starts the loop that writes bindings and renews it.
 func (p *presence) start(ctx context.Context) error {
-	if _, err := p.n.cfg.Bindings.Lease(ctx, p.self, p.n.cfg.LeaseTTL); err != nil {
+	if _, err := p.bindings.Lease(ctx, p.self, p.leaseTTL); err != nil {
 		if !errors.Is(err, storage.ErrUnavailable) {
 			return err
 		}
-		p.n.log.Warn("binding store unavailable at start; will keep trying", "err", err)
+		p.log.Warn("binding store unavailable at start; will keep trying", "err", err)
+	} else {
+		p.src.leaseVerified()
 	}
 	p.wg.Add(1)
 	go p.run()
 	return nil
 }
 
+// setDraining stops re-binding: the node is leaving, and a user it binds
+// again now would be routed here after its peers purged it.
+func (p *presence) setDraining() {
+	p.mu.Lock()
+	p.draining = true
+	p.mu.Unlock()
+}
+
 func (p *presence) run() {
 	defer p.wg.Done()
-	lease := time.NewTicker(p.n.cfg.LeaseTTL / 3)
+	lease := time.NewTicker(p.leaseEvery)
 	defer lease.Stop()
 	// Re-bind one registry shard per step, so every user is written again
 	// once per RebindInterval without a burst.
-	rebind := time.NewTicker(max(p.n.cfg.RebindInterval/edge.UserShards, time.Millisecond))
+	rebind := time.NewTicker(max(p.rebindInterval/edge.UserShards, time.Millisecond))
 	defer rebind.Stop()
 	shard := 0
 	var retry <-chan time.Time
@@ -114,8 +168,8 @@ func (p *presence) run() {
 			p.renew()
 			continue
 		case <-rebind.C:
-			if p.n.edge != nil {
-				for _, u := range p.n.edge.UsersInShard(shard) {
+			if p.edge != nil && !p.isDraining() {
+				for _, u := range p.edge.UsersInShard(shard) {
 					p.mark(u)
 				}
 				shard = (shard + 1) % edge.UserShards
@@ -127,6 +181,12 @@ func (p *presence) run() {
 	}
 }
 
+func (p *presence) isDraining() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.draining
+}
+
 // flush writes the pending users' bindings as the edge sees them now:
 // bound if online, unbound if not. It reports success; failed users stay
 // pending for the next try.
@@ -136,14 +196,14 @@ func (p *presence) flush() bool {
 		p.mu.Unlock()
 		return true
 	}
-	users, done := p.pending, p.done
-	p.pending, p.done = make(map[string]struct{}), make(chan struct{})
+	users, g := p.pending, p.gen
+	p.pending, p.inflight = make(map[string]uint64), users
+	p.gen++
 	p.mu.Unlock()
-	defer close(done)
 
 	var bind, unbind []string
 	for u := range users {
-		if p.n.edge != nil && p.n.edge.Online(u) {
+		if p.edge != nil && p.edge.Online(u) {
 			bind = append(bind, u)
 		} else {
 			unbind = append(unbind, u)
@@ -153,55 +213,124 @@ func (p *presence) flush() bool {
 	for _, op := range []struct {
 		users []string
 		fn    func(context.Context, storage.Node, []string) error
-	}{{bind, p.n.cfg.Bindings.Bind}, {unbind, p.n.cfg.Bindings.Unbind}} {
+	}{{bind, p.bindings.Bind}, {unbind, p.bindings.Unbind}} {
 		for i := 0; i < len(op.users); i += bindBatch {
 			chunk := op.users[i:min(i+bindBatch, len(op.users))]
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			err := op.fn(ctx, p.self, chunk)
 			cancel()
 			if err != nil {
-				p.n.metrics.bindErrors.Inc()
-				p.n.log.Warn("writing bindings failed; will retry", "users", len(chunk), "err", err)
+				p.m.bindErrors.Inc()
+				p.log.Warn("writing bindings failed; will retry", "users", len(chunk), "err", err)
 				failed = append(failed, chunk...)
 			}
 		}
 	}
-	if len(failed) == 0 {
-		return true
-	}
+
 	p.mu.Lock()
+	p.inflight = nil
+	p.written = g
+	close(p.flushed)
+	p.flushed = make(chan struct{})
 	for _, u := range failed {
-		p.pending[u] = struct{}{}
+		if _, again := p.pending[u]; !again {
+			p.pending[u] = p.gen
+		}
+	}
+	var healed []string
+	rebound := false
+	if len(failed) > 0 {
+		for _, u := range bind {
+			p.failing[u] = struct{}{}
+		}
+	} else {
+		if len(p.failing) > 0 {
+			for u := range p.failing {
+				if _, again := p.pending[u]; !again {
+					healed = append(healed, u)
+				}
+			}
+			if len(healed) == len(p.failing) {
+				clear(p.failing)
+			} else {
+				healed = nil
+			}
+		}
+		if p.rebind && len(p.pending) == 0 {
+			p.rebind, rebound = false, true
+		}
 	}
 	p.mu.Unlock()
-	return false
+
+	switch {
+	case len(failed) > 0:
+		p.src.bindsFailing()
+	case len(healed) > 0:
+		p.src.bindsWritten(healed)
+	}
+	if rebound {
+		p.log.Info("every local user is bound again after the binding store lost them; connections resync")
+		p.src.leaseRebound()
+	}
+	return len(failed) == 0
 }
 
 // renew renews the lease. A fresh lease means the store forgot this node
-// (it restarted empty, or the lease lapsed): every local user is bound again.
+// (it restarted empty, or the lease lapsed, or a peer purged it while it
+// was thought dead): every local user is bound again, and the cursor waits
+// until then.
 func (p *presence) renew() {
-	ctx, cancel := context.WithTimeout(context.Background(), p.n.cfg.LeaseTTL/3)
-	fresh, err := p.n.cfg.Bindings.Lease(ctx, p.self, p.n.cfg.LeaseTTL)
+	ctx, cancel := context.WithTimeout(context.Background(), p.leaseEvery)
+	fresh, err := p.bindings.Lease(ctx, p.self, p.leaseTTL)
 	cancel()
 	if err != nil {
-		p.n.metrics.bindErrors.Inc()
-		p.n.log.Warn("renewing the binding lease failed", "err", err)
+		p.m.bindErrors.Inc()
+		p.log.Warn("renewing the binding lease failed", "err", err)
 		return
 	}
-	if !fresh || p.n.edge == nil {
+	if !fresh {
+		p.mu.Lock()
+		rebinding := p.rebind
+		p.mu.Unlock()
+		if !rebinding {
+			p.src.leaseVerified()
+		}
 		return
 	}
-	users := p.n.edge.Users()
-	p.n.log.Warn("binding lease was lost; binding every local user again", "users", len(users))
+	p.m.leaseLost.Inc()
+	p.src.leaseLostData()
+	if p.edge == nil || p.isDraining() {
+		return
+	}
+	users := p.edge.Users()
+	p.log.Warn("binding lease was lost; binding every local user again", "users", len(users))
+	p.mu.Lock()
+	p.rebind = true
+	p.mu.Unlock()
 	for _, u := range users {
 		p.mark(u)
+	}
+	if len(users) == 0 {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+		p.mu.Lock()
+		empty := len(p.pending) == 0
+		if empty {
+			p.rebind = false
+		}
+		p.mu.Unlock()
+		if empty {
+			p.src.leaseRebound()
+		}
 	}
 }
 
 // abort stops the loop without writing anything, as a crash would.
 func (p *presence) abort() {
 	p.mu.Lock()
-	p.pending = make(map[string]struct{}) // nothing more to write
+	p.pending = make(map[string]uint64) // nothing more to write
 	p.mu.Unlock()
 	close(p.stop)
 	p.wg.Wait()
@@ -212,7 +341,7 @@ func (p *presence) abort() {
 func (p *presence) shutdown(ctx context.Context) error {
 	close(p.stop)
 	p.wg.Wait()
-	if _, err := p.n.cfg.Bindings.Purge(ctx, p.self); err != nil {
+	if _, err := p.bindings.Purge(ctx, p.self); err != nil {
 		return err
 	}
 	return nil

@@ -12,12 +12,16 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/heraldpush/herald/edge/client/resume"
 )
 
 // Follower is a client that stays connected to a cluster the way a real
 // one should: it asks /v1/route where to connect, follows "reconnect"
-// hints, resumes with since=<last id seen> after every disconnect, acks
-// every message, and counts every message ID it receives.
+// hints, resumes from its cursor (since= and seen=) after every
+// disconnect, answers resync frames, acks every message, and counts every
+// message ID it receives (repeats included: what a client that does not
+// drop them would see).
 type Follower struct {
 	User string
 	c    *Cluster
@@ -25,7 +29,8 @@ type Follower struct {
 
 	mu         sync.Mutex
 	counts     map[string]int // message ID -> times received
-	last       string
+	pos        *resume.State
+	resyncs    int
 	connects   int
 	node       string // the node of the current connection
 	lastErr    error
@@ -53,7 +58,7 @@ func (f *Follower) Log() []string {
 // Follow starts a follower for user; it stops at the end of the test.
 func (c *Cluster) Follow(user string) *Follower {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &Follower{User: user, c: c, t: c.t, counts: map[string]int{}, cancel: cancel, done: make(chan struct{})}
+	f := &Follower{User: user, c: c, t: c.t, counts: map[string]int{}, pos: resume.New(""), cancel: cancel, done: make(chan struct{})}
 	go f.run(ctx)
 	c.t.Cleanup(f.Stop)
 	return f
@@ -130,14 +135,13 @@ func (f *Follower) session(ctx context.Context, target string) (string, error) {
 		return "", err
 	}
 	q := u.Query()
-	q.Set("token", f.c.token(f.User))
 	f.mu.Lock()
-	since := f.last
-	f.mu.Unlock()
-	if since != "" {
-		q.Set("since", since)
+	for k, v := range f.pos.Query() {
+		q[k] = v
 	}
-	f.logf("dial %s since=%s", u.Host, since)
+	f.mu.Unlock()
+	q.Set("token", f.c.token(f.User))
+	f.logf("dial %s since=%s seen=%s", u.Host, q.Get("since"), q.Get("seen"))
 	u.RawQuery = q.Encode()
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	conn, _, err := websocket.Dial(dctx, u.String(), nil)
@@ -163,12 +167,10 @@ func (f *Follower) session(ctx context.Context, target string) (string, error) {
 		}
 		switch fr.Type {
 		case "message":
-			f.logf("msg %s", fr.ID)
+			f.logf("msg %s cursor=%s", fr.ID, fr.Cursor)
 			f.mu.Lock()
 			f.counts[fr.ID]++
-			if fr.ID > f.last {
-				f.last = fr.ID
-			}
+			f.pos.Message(fr.ID, fr.Cursor)
 			f.mu.Unlock()
 			ack, _ := json.Marshal(map[string]string{"type": "ack", "id": fr.ID})
 			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -177,12 +179,20 @@ func (f *Follower) session(ctx context.Context, target string) (string, error) {
 		case "ready":
 			f.logf("ready node=%s replayed=%d cursor=%s", fr.Node, fr.Replayed, fr.Cursor)
 			f.mu.Lock()
-			if fr.Cursor > f.last {
-				f.last = fr.Cursor
-			}
+			f.pos.Ready(fr.Cursor)
 			f.node = fr.Node
 			f.readyCount++
 			f.mu.Unlock()
+		case "resync":
+			f.mu.Lock()
+			r := f.pos.Resume()
+			f.resyncs++
+			f.mu.Unlock()
+			f.logf("resync: resume since=%s seen=%v", r.Since, r.Seen)
+			p, _ := json.Marshal(r)
+			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			_ = conn.Write(wctx, websocket.MessageText, p)
+			cancel()
 		case "reconnect":
 			f.logf("reconnect hint=%s delay=%d", fr.URL, fr.DelayMS)
 			hint = fr.URL
@@ -239,6 +249,13 @@ func (f *Follower) Duplicates() int {
 		n += c - 1
 	}
 	return n
+}
+
+// Resyncs returns how many resync frames the follower answered.
+func (f *Follower) Resyncs() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.resyncs
 }
 
 // Connects returns how many connections the follower made.

@@ -1,9 +1,11 @@
 package rpc
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -74,16 +76,30 @@ func (c *ServerConfig) Validate() error {
 	return nil
 }
 
+// Source names the node a client sends for: the receiver keeps its
+// delivery sessions, and the cursors they carry, per source.
+type Source struct {
+	ID          string
+	Incarnation string
+}
+
 // ClientConfig configures [NewClient]. Start from [DefaultClientConfig].
 type ClientConfig struct {
 	// Secret is the cluster secret; see [ServerConfig.Secret].
 	Secret []byte
+	// Source is the node this client sends for. Required.
+	Source Source
+	// Cursors says the client sends cursors (Peer.Cursor): it is a
+	// dispatch node's, and receivers hold their own cursor for it.
+	Cursors bool
 
-	// QueueLen bounds the deliveries queued for one peer and not yet
-	// taken into a batch. [Peer.Enqueue] waits while it is full. With
-	// Window and BatchMax it bounds a peer's memory: at most
-	// QueueLen + Window*BatchMax deliveries are outstanding.
-	QueueLen int
+	// QueueLen bounds the deliveries one peer holds, queued or sent and
+	// not yet acked; QueueBytes bounds their estimated size. A peer that
+	// would go beyond either (it is slow, stuck or unreachable) has
+	// everything it holds dropped at once, and its next session tells the
+	// receiver which users it missed deliveries for. Enqueue never waits.
+	QueueLen   int
+	QueueBytes int
 	// BatchMax is the most deliveries per batch.
 	BatchMax int
 	// BatchMaxBytes closes a batch early when its deliveries (data,
@@ -92,39 +108,25 @@ type ClientConfig struct {
 	// MaxRecvMsgBytes.
 	BatchMaxBytes int
 	// BatchDelay is the longest a batch waits to fill up once it has its
-	// first delivery. Zero sends whatever is queued at once.
+	// first delivery. Zero sends whatever is queued at once. A cursor
+	// closes a batch at once.
 	BatchDelay time.Duration
 	// Window is the most batches sent to one peer and not yet acked. A
-	// full window stops the sender taking from the queue, so a slow peer
-	// pushes back on Enqueue.
+	// full window stops the sender taking from the queue.
 	Window int
 	// AckTimeout bounds the wait for a batch's ack. When the oldest
-	// unacked batch is older, the stream is cut, every unacked batch is
-	// failed (OnFailed) and the sender reconnects.
+	// unacked batch is older, the stream is cut and the sender reconnects
+	// and sends the unacked batches again (the receiver drops what it had
+	// already handled).
 	AckTimeout time.Duration
-	// QueueTimeout is how long a queued delivery may wait while its peer
-	// cannot be reached (no stream); older ones are failed rather than
-	// kept, so a dead peer holds no memory for long. It is checked between
-	// connection attempts, so a delivery may wait up to QueueTimeout plus
-	// DialTimeout. Deliveries queued behind a full window of a live peer
-	// do not age: AckTimeout covers a peer that stops acking.
-	QueueTimeout time.Duration
 	// DialTimeout bounds opening a connection and a Deliver stream.
 	DialTimeout time.Duration
 	// MaxBackoff caps the wait between attempts to reach an unreachable
 	// peer. Waits start at min(100ms, MaxBackoff) and double, with jitter.
 	MaxBackoff time.Duration
-
-	// OnFailed, if set, is told about deliveries that were not acked: the
-	// stream broke or timed out with them unacked, the peer refused their
-	// batch, they aged out of the queue, or the peer was removed or the
-	// client closed. err wraps ErrUnavailable, ErrAckTimeout, ErrRejected,
-	// ErrUnauthenticated or ErrClosed. A failed delivery may still have
-	// reached its connections (its ack may be what was lost), and it is
-	// not sent again. It is called from the peer's sender goroutine, in
-	// enqueue order, and must not block or call Remove or Close; ds is the
-	// callee's to keep.
-	OnFailed func(addr string, ds []Delivery, err error)
+	// Dialer, if set, opens the TCP connections (tests inject faults
+	// with it).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
 	// TLS, when set, dials with it (set Certificates for mutual TLS, and
 	// RootCAs). See [ServerConfig.TLS] about running without it.
@@ -136,12 +138,17 @@ type ClientConfig struct {
 }
 
 // DefaultClientConfig returns a config with every default set; Secret
-// remains to be set.
+// and Source remain to be set.
 func DefaultClientConfig() ClientConfig {
 	return ClientConfig{
-		// About a second of a busy dispatch node's traffic to one peer,
-		// about 400 KB of queue entries (the messages themselves are shared).
+		// About a second of a busy dispatch node's traffic to one peer: a
+		// peer stalled for several seconds (a long GC pause, a VM stall)
+		// gets its deliveries when it wakes, and one stalled longer costs
+		// no more memory than this and recovers from the store.
 		QueueLen: 10000,
+		// Message data is shared with the other peers and the store's
+		// copy; this bounds what one stuck peer can pin.
+		QueueBytes: 64 << 20,
 		// 256 deliveries amortise the per-message gRPC and syscall cost
 		// nearly fully; more only adds latency to the batch's tail.
 		BatchMax:      256,
@@ -153,12 +160,8 @@ func DefaultClientConfig() ClientConfig {
 		// peer) without unbounded buffering: 8 MiB at most per peer.
 		Window: 8,
 		// A live push node acks a batch in milliseconds; 5 s means it is
-		// stuck (or its network is), and it is time to give up on those
-		// deliveries: they are in the store for replay.
+		// stuck (or its network is): reconnect and send again.
 		AckTimeout: 5 * time.Second,
-		// As long as AckTimeout: a delivery waits no longer for a dead
-		// peer than for a stuck one.
-		QueueTimeout: 5 * time.Second,
 		// A LAN connect takes milliseconds; 3 s rides out one lost SYN.
 		DialTimeout: 3 * time.Second,
 		// Gossip notices a dead node within seconds; retrying every 5 s
@@ -172,8 +175,12 @@ func (c *ClientConfig) Validate() error {
 	switch {
 	case len(c.Secret) < MinSecretLen:
 		return fmt.Errorf("%w: client Secret of %d bytes is too short; use at least %d (32 random bytes is best)", ErrInvalidConfig, len(c.Secret), MinSecretLen)
+	case c.Source.ID == "" || c.Source.Incarnation == "":
+		return fmt.Errorf("%w: client Source needs an ID and an incarnation", ErrInvalidConfig)
 	case c.QueueLen < 1:
 		return fmt.Errorf("%w: client QueueLen must be at least 1", ErrInvalidConfig)
+	case c.QueueBytes < 1024:
+		return fmt.Errorf("%w: client QueueBytes %d is under 1 KiB", ErrInvalidConfig, c.QueueBytes)
 	case c.BatchMax < 1:
 		return fmt.Errorf("%w: client BatchMax must be at least 1", ErrInvalidConfig)
 	case c.BatchMaxBytes < 1024:
@@ -184,8 +191,6 @@ func (c *ClientConfig) Validate() error {
 		return fmt.Errorf("%w: client Window must be at least 1", ErrInvalidConfig)
 	case c.AckTimeout <= 0:
 		return fmt.Errorf("%w: client AckTimeout must be positive", ErrInvalidConfig)
-	case c.QueueTimeout <= 0:
-		return fmt.Errorf("%w: client QueueTimeout must be positive", ErrInvalidConfig)
 	case c.DialTimeout <= 0:
 		return fmt.Errorf("%w: client DialTimeout must be positive", ErrInvalidConfig)
 	case c.MaxBackoff <= 0:

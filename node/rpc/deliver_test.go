@@ -45,8 +45,7 @@ func TestDeliverRoundTrip(t *testing.T) {
 	t.Parallel()
 	h := &recorder{}
 	srv := startServer(t, h, nil)
-	var f failures
-	c := newClient(t, func(c *rpc.ClientConfig) { c.OnFailed = f.record })
+	c := newClient(t, func(c *rpc.ClientConfig) { c.QueueLen = 5000 })
 	p := c.Peer(srv.Addr())
 	if c.Peer(srv.Addr()) != p {
 		t.Fatal("Peer made a second peer for one address")
@@ -56,7 +55,7 @@ func TestDeliverRoundTrip(t *testing.T) {
 	ctx := ctxTimeout(t, 10*time.Second)
 	for i := range want {
 		want[i] = rpc.Delivery{Message: message(i), Hops: i % 3}
-		if err := p.Enqueue(ctx, want[i]); err != nil {
+		if err := p.Enqueue(want[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -70,11 +69,399 @@ func TestDeliverRoundTrip(t *testing.T) {
 	for i := range got {
 		checkDelivery(t, i, got[i], want[i])
 	}
-	if f.count() != 0 {
-		_, errs := f.get()
-		t.Fatalf("%d failures, first: %v", len(errs), errs[0])
+	// One session, announced by the client's source, with no gap.
+	sessions := map[uint64]bool{}
+	for _, b := range h.received() {
+		sessions[b.Session.Number] = true
+		if b.Session.Source.ID != "dispatch-1" || b.Session.Source.Incarnation != "inc-1" || b.Session.Prev != 0 ||
+			b.Session.GapAll || len(b.Session.GapUsers) > 0 || b.Hole {
+			t.Fatalf("batch session %+v (hole %v)", b.Session, b.Hole)
+		}
+	}
+	if len(sessions) != 1 {
+		t.Fatalf("%d sessions, want 1", len(sessions))
 	}
 	t.Logf("%d deliveries in %d batches", n, batches)
+}
+
+// A cursor reaches the receiver after every delivery queued before it,
+// and a cursor alone travels too (an idle peer's heartbeat).
+func TestCursorsFollowDeliveries(t *testing.T) {
+	t.Parallel()
+	h := &recorder{}
+	srv := startServer(t, h, nil)
+	c := newClient(t, func(c *rpc.ClientConfig) { c.BatchMax = 4; c.BatchDelay = 10 * time.Millisecond })
+	p := c.Peer(srv.Addr())
+	ctx := ctxTimeout(t, 10*time.Second)
+	cursorAfter := map[string]int{} // cursor -> deliveries queued before it
+	queued := 0
+	for i := range 30 {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
+			t.Fatal(err)
+		}
+		queued++
+		if i%7 == 3 {
+			cur := fmt.Sprintf("c%02d", i)
+			p.Cursor(cur)
+			cursorAfter[cur] = queued
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Cursor("idle")
+	eventually(t, 5*time.Second, "the idle cursor", func() bool {
+		b := h.received()
+		return len(b) > 0 && b[len(b)-1].Cursor == "idle" && len(b[len(b)-1].Deliveries) == 0
+	})
+	seen := 0
+	got := 0
+	for _, b := range h.received() {
+		seen += len(b.Deliveries)
+		if b.Cursor == "" || b.Cursor == "idle" {
+			continue
+		}
+		got++
+		if want := cursorAfter[b.Cursor]; seen != want {
+			t.Fatalf("cursor %s arrived after %d deliveries, want exactly the %d queued before it", b.Cursor, seen, want)
+		}
+	}
+	if got != len(cursorAfter) {
+		t.Fatalf("%d cursors arrived, want %d", got, len(cursorAfter))
+	}
+}
+
+// A receiver that stops acking (stuck, deaf to its context) makes the
+// client cut the stream and send the unacked batches again on a new one;
+// the receiver's handler still sees each delivery once.
+func TestAckTimeoutSendsAgainOnce(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var stuck atomic.Bool
+	stuck.Store(true)
+	h := &recorder{deliver: func(_ context.Context, ds []rpc.Delivery) error {
+		if len(ds) > 0 && stuck.CompareAndSwap(true, false) {
+			<-release // the first batch of deliveries hangs
+		}
+		return nil
+	}}
+	reg := prometheus.NewRegistry()
+	srvReg := prometheus.NewRegistry()
+	srv := startServer(t, h, func(c *rpc.ServerConfig) { c.Registerer = srvReg })
+	c := newClient(t, func(c *rpc.ClientConfig) { c.AckTimeout = 200 * time.Millisecond; c.Registerer = reg })
+	p := c.Peer(srv.Addr())
+	ctx := ctxTimeout(t, 10*time.Second)
+	for i := range 40 {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "batches sent again", func() bool { return metric(t, reg, "herald_rpc_deliveries_resent_total") > 0 })
+	close(release)
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := h.delivered()
+	if len(got) != 40 {
+		t.Fatalf("handler saw %d deliveries, want each of 40 once", len(got))
+	}
+	for i, d := range got {
+		if d.Message.ID != message(i).ID {
+			t.Fatalf("delivery %d is %s, want %s", i, d.Message.ID, message(i).ID)
+		}
+	}
+	if v := metric(t, srvReg, "herald_rpc_server_duplicates_total"); v == 0 {
+		t.Fatal("the server dropped no duplicate: the resend did not overlap what it had handled")
+	}
+	if v := metric(t, reg, "herald_rpc_streams_opened_total"); v < 2 {
+		t.Fatalf("%v streams opened, want a second one after the ack timeout", v)
+	}
+}
+
+// A receiver that restarts loses nothing the client holds: what the old
+// one did not ack goes to the new one.
+func TestServerRestartLosesNothing(t *testing.T) {
+	t.Parallel()
+	var block atomic.Bool
+	entered := make(chan struct{}, 1)
+	h1 := &recorder{deliver: func(ctx context.Context, _ []rpc.Delivery) error {
+		if !block.Load() {
+			return nil
+		}
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}}
+	cfg := rpc.DefaultServerConfig()
+	cfg.Addr, cfg.Secret, cfg.Handler = "127.0.0.1:0", secret, h1
+	s1, err := rpc.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s1.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := s1.Addr()
+	c := newClient(t, nil)
+	p := c.Peer(addr)
+	ctx := ctxTimeout(t, 10*time.Second)
+	for i := range 5 {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The next batch hangs on s1, which then shuts down.
+	block.Store(true)
+	for i := 5; i < 10; i++ {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-entered
+	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_ = s1.Shutdown(sctx) // forced: the handler holds its batch until cut
+	cancel()
+	h2 := &recorder{}
+	startServer(t, h2, func(c *rpc.ServerConfig) { c.Addr = addr })
+	for i := 10; i < 20; i++ {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := h2.delivered()
+	if len(got) != 15 {
+		t.Fatalf("the new server got %d deliveries, want the 5 the old one never acked and 10 new", len(got))
+	}
+	for i, d := range got {
+		if d.Message.ID != message(5+i).ID {
+			t.Fatalf("delivery %d to the new server is %s, want %s", i, d.Message.ID, message(5+i).ID)
+		}
+	}
+}
+
+// A peer that holds more than QueueLen drops all of it, never blocking
+// Enqueue, and tells the receiver in its next session which users those
+// deliveries were for. An unreachable peer's session was never announced:
+// its gap grows; a reachable one's is followed by a new session.
+func TestOverflowStartsSessionWithGap(t *testing.T) {
+	t.Parallel()
+	t.Run("unreachable", func(t *testing.T) {
+		t.Parallel()
+		reg := prometheus.NewRegistry()
+		addr := freeAddr(t)
+		c := newClient(t, func(c *rpc.ClientConfig) { c.QueueLen = 10; c.DialTimeout = 50 * time.Millisecond; c.Registerer = reg })
+		p := c.Peer(addr)
+		start := time.Now()
+		for i := range 25 {
+			m := message(i)
+			m.Broadcast, m.To = false, []string{fmt.Sprintf("u%02d", i)}
+			if err := p.Enqueue(rpc.Delivery{Message: m}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if el := time.Since(start); el > time.Second {
+			t.Fatalf("Enqueue took %v on an unreachable peer: it must not wait", el)
+		}
+		if v := metric(t, reg, "herald_rpc_deliveries_dropped_total"); v != 20 {
+			t.Fatalf("%v dropped, want 20 (two overflows of 10)", v)
+		}
+		h := &recorder{}
+		startServer(t, h, func(c *rpc.ServerConfig) { c.Addr = addr })
+		if err := p.Flush(ctxTimeout(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := h.delivered()
+		if len(got) != 5 || got[0].Message.ID != message(20).ID {
+			t.Fatalf("after the overflows the receiver got %d deliveries (first %v), want the last 5", len(got), got)
+		}
+		b := h.received()[0]
+		var want []string
+		for i := range 20 {
+			want = append(want, fmt.Sprintf("u%02d", i))
+		}
+		if b.Session.Prev != 0 || b.Session.GapAll || !slices.Equal(b.Session.GapUsers, want) {
+			t.Fatalf("first session %+v: want prev 0 and the 20 dropped users", b.Session)
+		}
+	})
+	t.Run("stuck", func(t *testing.T) {
+		t.Parallel()
+		release := make(chan struct{})
+		var once atomic.Bool
+		h := &recorder{deliver: func(ctx context.Context, ds []rpc.Delivery) error {
+			if len(ds) > 0 && once.CompareAndSwap(false, true) {
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+			}
+			return nil
+		}}
+		srv := startServer(t, h, nil)
+		c := newClient(t, func(c *rpc.ClientConfig) { c.QueueLen = 10; c.BatchMax = 2; c.AckTimeout = time.Minute })
+		p := c.Peer(srv.Addr())
+		if err := p.Enqueue(rpc.Delivery{Message: message(1)}); err != nil { // u1
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "the first batch to hang", once.Load)
+		for i := range 12 {
+			m := message(100 + i)
+			m.Broadcast, m.To = false, []string{"v"}
+			if err := p.Enqueue(rpc.Delivery{Message: m}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		close(release)
+		if err := p.Flush(ctxTimeout(t, 10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		var first, second *rpc.SessionInfo
+		for _, b := range h.received() {
+			s := b.Session
+			switch {
+			case first == nil:
+				first = &s
+			case s.Number != first.Number && second == nil:
+				second = &s
+			}
+		}
+		if second == nil || second.Prev != first.Number || second.GapAll || !slices.Contains(second.GapUsers, "v") {
+			t.Fatalf("sessions %+v then %+v: want a second one whose prev is the first and whose gap lists v", first, second)
+		}
+	})
+}
+
+// Remove forgets a peer; a later peer for the same address starts a
+// session that says the receiver may have missed anything since.
+func TestRemoveThenPeerAgain(t *testing.T) {
+	t.Parallel()
+	h := &recorder{}
+	srv := startServer(t, h, nil)
+	c := newClient(t, nil)
+	p := c.Peer(srv.Addr())
+	ctx := ctxTimeout(t, 5*time.Second)
+	if err := p.Enqueue(rpc.Delivery{Message: message(0)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := h.received()[0].Session.Number
+	c.Remove(srv.Addr())
+	c.Remove(srv.Addr())
+	c.Remove("127.0.0.1:1") // unknown: nothing happens
+	if err := p.Enqueue(rpc.Delivery{Message: message(9)}); !errors.Is(err, rpc.ErrClosed) {
+		t.Fatalf("Enqueue on a removed peer: %v", err)
+	}
+	if err := p.Submit(ctx, nil, ""); !errors.Is(err, rpc.ErrClosed) {
+		t.Fatalf("Submit on a removed peer: %v", err)
+	}
+	q := c.Peer(srv.Addr())
+	if q == p {
+		t.Fatal("Peer after Remove returned the removed peer")
+	}
+	if err := q.Enqueue(rpc.Delivery{Message: message(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := h.received()
+	s := b[len(b)-1].Session
+	if s.Number == old || s.Prev != old || !s.GapAll {
+		t.Fatalf("session after Remove %+v; want a new number, prev %d and a gap of everyone", s, old)
+	}
+}
+
+// Drop starts a session whose gap names the users the caller dropped.
+func TestDrop(t *testing.T) {
+	t.Parallel()
+	h := &recorder{}
+	srv := startServer(t, h, nil)
+	c := newClient(t, nil)
+	p := c.Peer(srv.Addr())
+	ctx := ctxTimeout(t, 5*time.Second)
+	p.Cursor("c1")
+	eventually(t, 5*time.Second, "the first session", func() bool { return len(h.received()) > 0 })
+	p.Drop([]string{"alice", "bob"}, false)
+	if err := p.Enqueue(rpc.Delivery{Message: message(1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := h.received()
+	first, last := b[0].Session, b[len(b)-1].Session
+	if last.Prev != first.Number || !slices.Equal(last.GapUsers, []string{"alice", "bob"}) {
+		t.Fatalf("session after Drop %+v (first %+v)", last, first)
+	}
+}
+
+// End sends a last batch that says so and waits for its ack; the peer
+// takes nothing more.
+func TestEnd(t *testing.T) {
+	t.Parallel()
+	h := &recorder{}
+	srv := startServer(t, h, nil)
+	c := newClient(t, nil)
+	p := c.Peer(srv.Addr())
+	ctx := ctxTimeout(t, 5*time.Second)
+	for i := range 3 {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Cursor("last")
+	if err := c.End(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := h.received()
+	if !b[len(b)-1].End {
+		t.Fatalf("last batch %+v does not end the session", b[len(b)-1])
+	}
+	if n := h.count(); n != 3 {
+		t.Fatalf("%d delivered before the end, want 3", n)
+	}
+	if err := p.Enqueue(rpc.Delivery{Message: message(9)}); !errors.Is(err, rpc.ErrClosed) {
+		t.Fatalf("Enqueue after End: %v", err)
+	}
+	// An unreachable peer's End gives up with ctx.
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if err := c.Peer(freeAddr(t)).End(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("End on an unreachable peer: %v", err)
+	}
+}
+
+func TestEnqueueNilMessage(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, nil)
+	if err := c.Peer(freeAddr(t)).Enqueue(rpc.Delivery{}); err == nil {
+		t.Fatal("Enqueue took a delivery without a message")
+	}
+}
+
+func ExamplePeer_Enqueue() {
+	cfg := rpc.DefaultClientConfig()
+	cfg.Secret = []byte("a cluster secret of 32 bytes....")
+	cfg.Source = rpc.Source{ID: "node-1", Incarnation: "8d1c4e2a"}
+	c, err := rpc.NewClient(cfg)
+	if err != nil {
+		panic(err)
+	}
+	p := c.Peer("127.0.0.1:1") // a push node's internal address
+	err = p.Enqueue(rpc.Delivery{Message: message(1)})
+	fmt.Println("queued:", err == nil)
+	_ = c.Close(context.Background())
+	// Output: queued: true
 }
 
 func TestBatching(t *testing.T) {
@@ -93,7 +480,7 @@ func TestBatching(t *testing.T) {
 		ctx := ctxTimeout(t, 10*time.Second)
 		const n = 640
 		for i := range n {
-			if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
+			if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -121,7 +508,7 @@ func TestBatching(t *testing.T) {
 		ctx := ctxTimeout(t, 10*time.Second)
 		start := time.Now()
 		for i := range 5 {
-			if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
+			if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
 				t.Fatal(err)
 			}
 			time.Sleep(5 * time.Millisecond)
@@ -158,292 +545,6 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-func TestBackpressure(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	h := &recorder{deliver: func(ctx context.Context, _ []rpc.Delivery) error {
-		select {
-		case <-release:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}}
-	srv := startServer(t, h, nil)
-	var f failures
-	const queueLen, batchMax, window = 10, 4, 2
-	c := newClient(t, func(c *rpc.ClientConfig) {
-		c.QueueLen, c.BatchMax, c.Window = queueLen, batchMax, window
-		c.BatchDelay = 300 * time.Millisecond // batches fill before they go
-		c.AckTimeout = 30 * time.Second
-		c.OnFailed = f.record
-	})
-	p := c.Peer(srv.Addr())
-	accepted := 0
-	var err error
-	for i := range 100 {
-		ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
-		err = p.Enqueue(ctx, rpc.Delivery{Message: message(i)})
-		cancel()
-		if err != nil {
-			break
-		}
-		accepted++
-	}
-	if !errors.Is(err, rpc.ErrBusy) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Enqueue on a full peer: %v; want ErrBusy and DeadlineExceeded", err)
-	}
-	if want := queueLen + window*batchMax; accepted != want {
-		t.Fatalf("Enqueue took %d deliveries before blocking, want QueueLen + Window*BatchMax = %d", accepted, want)
-	}
-	close(release)
-	if err := p.Flush(ctxTimeout(t, 5*time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := h.delivered()
-	if len(got) != accepted || f.count() != 0 {
-		t.Fatalf("after release: %d delivered, %d failed; want %d delivered", len(got), f.count(), accepted)
-	}
-	for i, d := range got {
-		if d.Message.ID != message(i).ID {
-			t.Fatalf("delivery %d is %s, want %s", i, d.Message.ID, message(i).ID)
-		}
-	}
-}
-
-func TestAckTimeout(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	h := &recorder{deliver: func(context.Context, []rpc.Delivery) error {
-		<-release // stuck, deaf to ctx
-		return nil
-	}}
-	srv := startServer(t, h, nil)
-	var f failures
-	const ackTimeout = 300 * time.Millisecond
-	c := newClient(t, func(c *rpc.ClientConfig) {
-		c.AckTimeout = ackTimeout
-		c.OnFailed = f.record
-	})
-	p := c.Peer(srv.Addr())
-	ctx := ctxTimeout(t, 10*time.Second)
-	start := time.Now()
-	for i := range 40 {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	el := time.Since(start)
-	ds, errs := f.get()
-	if len(ds) != 40 {
-		t.Fatalf("%d deliveries failed, want 40", len(ds))
-	}
-	if el < ackTimeout || el > ackTimeout+time.Second {
-		t.Fatalf("failed after %v; want about AckTimeout (%v)", el, ackTimeout)
-	}
-	for i, d := range ds {
-		if d.Message.ID != message(i).ID {
-			t.Fatalf("failure %d is %s, want %s (enqueue order)", i, d.Message.ID, message(i).ID)
-		}
-		if !errors.Is(errs[i], rpc.ErrAckTimeout) {
-			t.Fatalf("failure %d: %v, want ErrAckTimeout", i, errs[i])
-		}
-	}
-	t.Logf("40 deliveries failed after %v: %v", el, errs[0])
-
-	// The peer comes back to life: the next deliveries get through.
-	close(release)
-	for i := 100; i < 110; i++ {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if f.count() != 40 {
-		t.Fatalf("%d failures after recovery, want still 40", f.count())
-	}
-	eventually(t, 2*time.Second, "the deliveries after recovery", func() bool {
-		got, _ := h.delivered()
-		n := 0
-		for _, d := range got {
-			if d.Message.ID >= message(100).ID {
-				n++
-			}
-		}
-		return n == 10
-	})
-}
-
-func TestHandlerRefusesBatch(t *testing.T) {
-	t.Parallel()
-	h := &recorder{deliver: func(_ context.Context, ds []rpc.Delivery) error {
-		for _, d := range ds {
-			if d.Message.ID == message(5).ID {
-				return errors.New("node is draining")
-			}
-		}
-		return nil
-	}}
-	srv := startServer(t, h, nil)
-	var f failures
-	reg := prometheus.NewRegistry()
-	c := newClient(t, func(c *rpc.ClientConfig) {
-		c.BatchMax = 1
-		c.OnFailed = f.record
-		c.Registerer = reg
-	})
-	p := c.Peer(srv.Addr())
-	ctx := ctxTimeout(t, 5*time.Second)
-	for i := range 10 {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ds, errs := f.get()
-	if len(ds) != 1 || ds[0].Message.ID != message(5).ID {
-		t.Fatalf("failed %v, want only message 5", ds)
-	}
-	if !errors.Is(errs[0], rpc.ErrRejected) || !bytes.Contains([]byte(errs[0].Error()), []byte("node is draining")) {
-		t.Fatalf("refusal reported as %v", errs[0])
-	}
-	if v := metric(t, reg, "herald_rpc_streams_opened_total"); v != 1 {
-		t.Fatalf("%v streams opened, want 1: a refusal must not break the stream", v)
-	}
-}
-
-func TestServerRestart(t *testing.T) {
-	t.Parallel()
-	var block atomic.Bool
-	entered := make(chan struct{}, 1)
-	h1 := &recorder{deliver: func(ctx context.Context, _ []rpc.Delivery) error {
-		if !block.Load() {
-			return nil
-		}
-		select {
-		case entered <- struct{}{}:
-		default:
-		}
-		<-ctx.Done()
-		return ctx.Err()
-	}}
-	cfg := rpc.DefaultServerConfig()
-	cfg.Addr, cfg.Secret, cfg.Handler = "127.0.0.1:0", secret, h1
-	s1, err := rpc.NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s1.Start(); err != nil {
-		t.Fatal(err)
-	}
-	addr := s1.Addr()
-	var f failures
-	c := newClient(t, func(c *rpc.ClientConfig) { c.OnFailed = f.record })
-	p := c.Peer(addr)
-	ctx := ctxTimeout(t, 10*time.Second)
-	for i := range 5 {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-
-	// The next batch hangs on s1, which then shuts down.
-	block.Store(true)
-	for i := 5; i < 10; i++ {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	<-entered
-	sctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
-	err = s1.Shutdown(sctx) // forced: the handler holds its batch until cut
-	cancel()
-	t.Logf("shutdown of the first server: %v", err)
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ds, errs := f.get()
-	if len(ds) != 5 {
-		t.Fatalf("%d deliveries failed with the server, want the 5 unacked", len(ds))
-	}
-	for i, d := range ds {
-		if d.Message.ID != message(5+i).ID || !errors.Is(errs[i], rpc.ErrUnavailable) {
-			t.Fatalf("failure %d: %s, %v; want %s, ErrUnavailable", i, d.Message.ID, errs[i], message(5+i).ID)
-		}
-	}
-	t.Logf("unacked deliveries failed with: %v", errs[0])
-
-	// A new server on the same address gets the next deliveries.
-	h2 := &recorder{}
-	startServer(t, h2, func(c *rpc.ServerConfig) { c.Addr = addr })
-	for i := 10; i < 20; i++ {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := h2.delivered()
-	if len(got) != 10 || f.count() != 5 {
-		t.Fatalf("new server got %d deliveries (want 10); %d failures (want 5)", len(got), f.count())
-	}
-	for i, d := range got {
-		if d.Message.ID != message(10+i).ID {
-			t.Fatalf("delivery %d to the new server is %s, want %s", i, d.Message.ID, message(10+i).ID)
-		}
-	}
-}
-
-func TestUnreachablePeerAges(t *testing.T) {
-	t.Parallel()
-	var f failures
-	const queueTimeout = 200 * time.Millisecond
-	c := newClient(t, func(c *rpc.ClientConfig) {
-		c.QueueLen = 5
-		c.QueueTimeout = queueTimeout
-		c.DialTimeout = 100 * time.Millisecond
-		c.OnFailed = f.record
-	})
-	p := c.Peer(freeAddr(t))
-	ctx := ctxTimeout(t, 10*time.Second)
-	start := time.Now()
-	// Twice the queue: the second half waits for the first to age out,
-	// it does not wait forever.
-	for i := range 10 {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	el := time.Since(start)
-	ds, errs := f.get()
-	if len(ds) != 10 {
-		t.Fatalf("%d failed, want 10", len(ds))
-	}
-	for i, d := range ds {
-		if d.Message.ID != message(i).ID || !errors.Is(errs[i], rpc.ErrUnavailable) {
-			t.Fatalf("failure %d: %s, %v", i, d.Message.ID, errs[i])
-		}
-	}
-	if el < 2*queueTimeout || el > 2*queueTimeout+2*time.Second {
-		t.Fatalf("two queues' worth failed after %v; want about 2*QueueTimeout", el)
-	}
-	t.Logf("failed after %v with: %v", el, errs[0])
-}
-
 func TestFlushWaitsForAcks(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
@@ -463,7 +564,7 @@ func TestFlushWaitsForAcks(t *testing.T) {
 		t.Fatalf("Flush of an idle peer: %v", err)
 	}
 	for i := range 5 {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -489,69 +590,6 @@ func TestFlushWaitsForAcks(t *testing.T) {
 	}
 }
 
-func TestRemove(t *testing.T) {
-	t.Parallel()
-	var f failures
-	c := newClient(t, func(c *rpc.ClientConfig) {
-		c.QueueTimeout = time.Minute
-		c.DialTimeout = 50 * time.Millisecond
-		c.OnFailed = f.record
-	})
-	addr := freeAddr(t)
-	p := c.Peer(addr)
-	ctx := ctxTimeout(t, 5*time.Second)
-	for i := range 5 {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Remove(addr)
-	c.Remove(addr)
-	c.Remove("127.0.0.1:1") // unknown: nothing happens
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ds, errs := f.get()
-	if len(ds) != 5 || !errors.Is(errs[0], rpc.ErrClosed) {
-		t.Fatalf("Remove failed %d deliveries (%v), want 5 with ErrClosed", len(ds), errs)
-	}
-	if err := p.Enqueue(ctx, rpc.Delivery{Message: message(9)}); !errors.Is(err, rpc.ErrClosed) {
-		t.Fatalf("Enqueue on a removed peer: %v", err)
-	}
-	if err := p.Submit(ctx, nil); !errors.Is(err, rpc.ErrClosed) {
-		t.Fatalf("Submit on a removed peer: %v", err)
-	}
-	if c.Peer(addr) == p {
-		t.Fatal("Peer after Remove returned the removed peer")
-	}
-}
-
-func TestEnqueueNilMessage(t *testing.T) {
-	t.Parallel()
-	c := newClient(t, nil)
-	if err := c.Peer(freeAddr(t)).Enqueue(context.Background(), rpc.Delivery{}); err == nil {
-		t.Fatal("Enqueue took a delivery without a message")
-	}
-}
-
-func ExamplePeer_Enqueue() {
-	cfg := rpc.DefaultClientConfig()
-	cfg.Secret = []byte("a cluster secret of 32 bytes....")
-	cfg.OnFailed = func(addr string, ds []rpc.Delivery, err error) {
-		// Count, log; the messages wait in the store for replay.
-		fmt.Println(len(ds), "deliveries to", addr, "failed:", errors.Is(err, rpc.ErrClosed))
-	}
-	c, err := rpc.NewClient(cfg)
-	if err != nil {
-		panic(err)
-	}
-	p := c.Peer("127.0.0.1:1") // a push node's internal address
-	m := message(1)
-	_ = p.Enqueue(context.Background(), rpc.Delivery{Message: m})
-	_ = c.Close(context.Background())
-	// Output: 1 deliveries to 127.0.0.1:1 failed: true
-}
-
 func TestLargeDeliveries(t *testing.T) {
 	t.Parallel()
 	h := &recorder{}
@@ -571,7 +609,7 @@ func TestLargeDeliveries(t *testing.T) {
 		data[n-1] = byte('0' + i)
 		m.Data = data
 		want[i] = rpc.Delivery{Message: m}
-		if err := p.Enqueue(ctx, want[i]); err != nil {
+		if err := p.Enqueue(want[i]); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -24,27 +24,42 @@ var secret = []byte("0123456789abcdef0123456789abcdef")
 // run after recording.
 type recorder struct {
 	mu        sync.Mutex
-	batches   [][]rpc.Delivery
+	batches   [][]rpc.Delivery // those with deliveries
+	all       []rpc.Batch      // every batch
 	submitted [][]*storage.Message
+	cursors   []string     // cursors that came with Submit
+	from      []rpc.Source // who submitted
 
 	deliver func(ctx context.Context, ds []rpc.Delivery) error
 	submit  func(ctx context.Context, ms []*storage.Message) error
 	verify  func(ctx context.Context, token string) (auth.Identity, error)
 }
 
-func (r *recorder) Deliver(ctx context.Context, ds []rpc.Delivery) error {
+func (r *recorder) Deliver(ctx context.Context, b rpc.Batch) error {
 	r.mu.Lock()
-	r.batches = append(r.batches, ds)
+	if len(b.Deliveries) > 0 {
+		r.batches = append(r.batches, b.Deliveries)
+	}
+	r.all = append(r.all, b)
 	r.mu.Unlock()
 	if r.deliver != nil {
-		return r.deliver(ctx, ds)
+		return r.deliver(ctx, b.Deliveries)
 	}
 	return nil
 }
 
-func (r *recorder) Submit(ctx context.Context, ms []*storage.Message) error {
+// received returns every batch handled, in order.
+func (r *recorder) received() []rpc.Batch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]rpc.Batch(nil), r.all...)
+}
+
+func (r *recorder) Submit(ctx context.Context, from rpc.Source, ms []*storage.Message, cursor string) error {
 	r.mu.Lock()
 	r.submitted = append(r.submitted, ms)
+	r.cursors = append(r.cursors, cursor)
+	r.from = append(r.from, from)
 	r.mu.Unlock()
 	if r.submit != nil {
 		return r.submit(ctx, ms)
@@ -106,12 +121,12 @@ func startServer(t testing.TB, h rpc.Handler, mod func(*rpc.ServerConfig)) *rpc.
 func testClientConfig() rpc.ClientConfig {
 	cfg := rpc.DefaultClientConfig()
 	cfg.Secret = secret
+	cfg.Source = rpc.Source{ID: "dispatch-1", Incarnation: "inc-1"}
 	cfg.QueueLen = 1000
 	cfg.BatchMax = 16
 	cfg.BatchDelay = 0
 	cfg.Window = 4
 	cfg.AckTimeout = 3 * time.Second
-	cfg.QueueTimeout = time.Second
 	cfg.DialTimeout = time.Second
 	cfg.MaxBackoff = 50 * time.Millisecond
 	return cfg
@@ -135,34 +150,6 @@ func newClient(t testing.TB, mod func(*rpc.ClientConfig)) *rpc.Client {
 		}
 	})
 	return c
-}
-
-// failures collects OnFailed reports.
-type failures struct {
-	mu   sync.Mutex
-	ds   []rpc.Delivery
-	errs []error
-}
-
-func (f *failures) record(_ string, ds []rpc.Delivery, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.ds = append(f.ds, ds...)
-	for range ds {
-		f.errs = append(f.errs, err)
-	}
-}
-
-func (f *failures) get() ([]rpc.Delivery, []error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]rpc.Delivery(nil), f.ds...), append([]error(nil), f.errs...)
-}
-
-func (f *failures) count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.ds)
 }
 
 // eventually polls cond until it holds or timeout passes.

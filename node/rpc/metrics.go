@@ -11,7 +11,9 @@ import (
 type clientMetrics struct {
 	sent     prometheus.Counter
 	acked    prometheus.Counter
-	failed   prometheus.Counter
+	resent   prometheus.Counter
+	dropped  prometheus.Counter
+	gaps     prometheus.Counter
 	batch    prometheus.Histogram
 	inFlight prometheus.Gauge
 	queued   prometheus.Gauge
@@ -26,15 +28,21 @@ func newClientMetrics(reg prometheus.Registerer) (*clientMetrics, error) {
 		acked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_rpc_deliveries_acked_total", Help: "Deliveries acked by push nodes.",
 		}),
-		failed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "herald_rpc_deliveries_failed_total", Help: "Deliveries given up on (timeout, broken stream, refusal, queue ageing, removal); they wait in the store for replay.",
+		resent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_rpc_deliveries_resent_total", Help: "Deliveries sent again on a new stream after a stream broke or an ack was late.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_rpc_deliveries_dropped_total", Help: "Deliveries dropped because their peer held too many (QueueLen, QueueBytes); the peer recovers them from the store.",
+		}),
+		gaps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_rpc_sessions_with_gap_total", Help: "Delivery sessions started after deliveries were dropped; each makes its receiver resync the users concerned.",
 		}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "herald_rpc_batch_deliveries", Help: "Deliveries per batch sent.",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 12),
 		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "herald_rpc_deliveries_in_flight", Help: "Deliveries sent and not yet acked or failed.",
+			Name: "herald_rpc_deliveries_in_flight", Help: "Deliveries sent and not yet acked.",
 		}),
 		queued: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_rpc_deliveries_queued", Help: "Deliveries waiting in peer queues.",
@@ -44,7 +52,7 @@ func newClientMetrics(reg prometheus.Registerer) (*clientMetrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.sent, m.acked, m.failed, m.batch, m.inFlight, m.queued, m.streams} {
+		for _, c := range []prometheus.Collector{m.sent, m.acked, m.resent, m.dropped, m.gaps, m.batch, m.inFlight, m.queued, m.streams} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("rpc: register client metrics: %w", err)
 			}
@@ -56,6 +64,7 @@ func newClientMetrics(reg prometheus.Registerer) (*clientMetrics, error) {
 type serverMetrics struct {
 	batches    prometheus.Counter
 	deliveries prometheus.Counter
+	duplicates prometheus.Counter
 	refused    prometheus.Counter
 	streams    prometheus.Gauge
 }
@@ -68,6 +77,9 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_rpc_server_deliveries_total", Help: "Deliveries received.",
 		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_rpc_server_duplicates_total", Help: "Deliveries received again after a reconnect and dropped, having been handled.",
+		}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_rpc_server_refused_total", Help: "Calls refused for a missing or wrong cluster credential.",
 		}),
@@ -76,7 +88,7 @@ func newServerMetrics(reg prometheus.Registerer) (*serverMetrics, error) {
 		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.batches, m.deliveries, m.refused, m.streams} {
+		for _, c := range []prometheus.Collector{m.batches, m.deliveries, m.duplicates, m.refused, m.streams} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("rpc: register server metrics: %w", err)
 			}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"sort"
 	"sync/atomic"
 	"time"
 
@@ -24,39 +25,31 @@ var (
 	errDialDeadline = errors.New("rpc: dial deadline passed")
 	errPeerClosed   = errors.New("rpc: peer closed")
 	errTornDown     = errors.New("rpc: stream torn down")
+	errNewSession   = errors.New("rpc: new session")
 )
 
-// sender is a peer's one sender goroutine: it drains the queue into
-// batches on one Deliver stream at a time. Everything here is touched by
-// that goroutine only, but for the stream's receiver and watchdog, which
-// talk to it through stream.
+// sender is a peer's one sender goroutine: it takes the queue into batches
+// and sends them on one Deliver stream at a time. Batches stay in the
+// peer's unacked list until acked; when a stream breaks (or an ack is
+// late) the sender opens another and sends them again, and the receiver
+// drops what it already handled. Nothing is ever given up on here: only
+// Enqueue's bound, Drop, Remove and Close drop deliveries, into a gap the
+// next session reports.
 type sender struct {
 	p   *Peer
 	cfg *ClientConfig
 	m   *clientMetrics
 	log *slog.Logger
 
-	st       *stream  // nil while not connected
-	seq      uint64   // last batch number sent on st
-	inflight []*batch // sent on st, not yet acked, oldest first
-
-	pending      []item // taken from the queue for the next batch
-	pendingBytes int
-	pendingFull  bool
+	st  *stream // nil while not connected
+	seq uint64  // last batch number sent on st
 
 	timer    *time.Timer   // the batch delay while connected; pauses while not
 	backoff  time.Duration // the last pause between attempts; 0 after success
-	lastErr  error         // why the peer could not be reached
-	failing  bool          // the last attempt failed (logged once, not each time)
-	acked    bool          // the current stream has had an ack
-	firstErr time.Time     // when the peer became unreachable
-}
-
-// batch is one DeliverBatch in flight.
-type batch struct {
-	seq  uint64
-	ds   []Delivery
-	sent time.Time
+	lastErr  error
+	failing  bool      // the last attempt failed (logged once, not each time)
+	acked    bool      // the current stream has had an ack
+	firstErr time.Time // when the peer became unreachable
 }
 
 type ack struct {
@@ -66,12 +59,13 @@ type ack struct {
 
 // stream is one Deliver stream and its receiver goroutine.
 type stream struct {
-	cs     grpc.BidiStreamingClient[rpcpb.DeliverBatch, rpcpb.DeliverAck]
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	acks   chan ack
-	done   chan struct{} // closed when the receiver has exited
-	err    error         // why it exited; read after done
+	cs      grpc.BidiStreamingClient[rpcpb.DeliverBatch, rpcpb.DeliverAck]
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	session uint64 // the session it carries
+	acks    chan ack
+	done    chan struct{} // closed when the receiver has exited
+	err     error         // why it exited; read after done
 
 	// The watchdog cuts the stream when the oldest unacked batch is older
 	// than timeout, even while the sender is blocked in Send.
@@ -88,7 +82,7 @@ func (p *Peer) run() {
 	s.timer.Stop()
 	defer s.finish()
 	for p.ctx.Err() == nil {
-		if !s.hasWork() {
+		if !p.hasWork() {
 			select {
 			case <-p.notify:
 			case <-p.ctx.Done():
@@ -111,12 +105,11 @@ func (p *Peer) run() {
 	}
 }
 
-func (s *sender) hasWork() bool {
-	if len(s.pending) > 0 {
-		return true
-	}
-	_, ok := s.p.oldest()
-	return ok
+// hasWork reports whether there is anything to send.
+func (p *Peer) hasWork() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.unacked) > 0 || len(p.q) > p.head
 }
 
 func (s *sender) nextBackoff() time.Duration {
@@ -138,94 +131,26 @@ func (s *sender) unreachable(err error) {
 	}
 }
 
-// pause waits d, or until the peer is closed, failing meanwhile whatever
-// has waited longer than QueueTimeout.
+// pause waits d, or until the peer is closed.
 func (s *sender) pause(d time.Duration) {
-	end := time.Now().Add(d)
-	for {
-		now := time.Now()
-		s.age(now)
-		wait := end.Sub(now)
-		if wait <= 0 {
-			return
-		}
-		if at, ok := s.oldestItem(); ok {
-			wait = min(wait, max(at.Add(s.cfg.QueueTimeout).Sub(now), time.Millisecond))
-		}
-		s.timer.Reset(wait)
-		select {
-		case <-s.timer.C:
-		case <-s.p.ctx.Done():
-			s.timer.Stop()
-			return
-		}
+	s.timer.Reset(d)
+	select {
+	case <-s.timer.C:
+	case <-s.p.ctx.Done():
+		s.timer.Stop()
 	}
 }
 
-func (s *sender) oldestItem() (time.Time, bool) {
-	if len(s.pending) > 0 {
-		return s.pending[0].at, true
-	}
-	return s.p.oldest()
-}
-
-// age fails the deliveries, pending or queued, enqueued more than
-// QueueTimeout before now.
-func (s *sender) age(now time.Time) {
-	cutoff := now.Add(-s.cfg.QueueTimeout)
-	var ds []Delivery
-	k := 0
-	for k < len(s.pending) && s.pending[k].at.Before(cutoff) {
-		ds = append(ds, s.pending[k].d)
-		k++
-	}
-	if k > 0 {
-		n := copy(s.pending, s.pending[k:])
-		clear(s.pending[n:])
-		s.pending = s.pending[:n]
-		s.pendingBytes = 0
-		for _, it := range s.pending {
-			s.pendingBytes += it.size
-		}
-		s.pendingFull = false
-	}
-	if len(s.pending) == 0 { // the queue is younger than anything pending
-		ds = append(ds, s.p.takeOlder(cutoff)...)
-	}
-	if len(ds) > 0 {
-		cause := s.lastErr
-		if cause == nil {
-			cause = fmt.Errorf("%w: %s", ErrUnavailable, s.p.addr)
-		}
-		err := fmt.Errorf("rpc: queued longer than %v: %w", s.cfg.QueueTimeout, cause)
-		if !errors.Is(err, ErrUnavailable) {
-			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		s.fail(ds, err)
-	}
-}
-
-// fail reports ds to OnFailed and counts them done.
-func (s *sender) fail(ds []Delivery, err error) {
-	if len(ds) == 0 {
-		return
-	}
-	s.m.failed.Add(float64(len(ds)))
-	if s.cfg.OnFailed != nil {
-		s.cfg.OnFailed(s.p.addr, ds, err)
-	}
-	s.p.completed(len(ds))
-}
-
-// open opens a Deliver stream and waits, at most DialTimeout, for the
-// server to accept it.
+// open opens a Deliver stream, waits, at most DialTimeout, for the server
+// to accept it, and sends again what the previous stream left unacked.
 func (s *sender) open() error {
-	if s.p.connErr != nil {
-		return s.p.connErr
+	p := s.p
+	if p.connErr != nil {
+		return p.connErr
 	}
-	ctx, cancel := context.WithCancelCause(s.p.ctx)
+	ctx, cancel := context.WithCancelCause(p.ctx)
 	t := time.AfterFunc(s.cfg.DialTimeout, func() { cancel(errDialDeadline) })
-	cs, err := s.p.rpc.Deliver(ctx, grpc.WaitForReady(true))
+	cs, err := p.rpc.Deliver(ctx, grpc.WaitForReady(true))
 	if err == nil {
 		var md map[string][]string
 		if md, err = cs.Header(); err == nil && md == nil {
@@ -238,7 +163,7 @@ func (s *sender) open() error {
 	t.Stop()
 	if err != nil {
 		if errors.Is(context.Cause(ctx), errDialDeadline) {
-			err = fmt.Errorf("%w: no stream to %s within %v", ErrUnavailable, s.p.addr, s.cfg.DialTimeout)
+			err = fmt.Errorf("%w: no stream to %s within %v", ErrUnavailable, p.addr, s.cfg.DialTimeout)
 		} else {
 			err = s.streamError(err)
 		}
@@ -259,6 +184,40 @@ func (s *sender) open() error {
 	if s.failing {
 		s.log.Info("rpc peer reachable again", "after", time.Since(s.firstErr).Round(time.Millisecond))
 		s.failing = false
+	}
+	// The session header goes first; then what is unacked, again.
+	p.mu.Lock()
+	p.sess.announced = true
+	st.session = p.sess.number
+	hdr := &rpcpb.Session{
+		SourceId: s.cfg.Source.ID, SourceIncarnation: s.cfg.Source.Incarnation,
+		Number: p.sess.number, Prev: p.sess.prev, GapAll: p.sess.gapAll, Cursors: s.cfg.Cursors,
+	}
+	for u := range p.sess.gapUsers {
+		hdr.GapUsers = append(hdr.GapUsers, u)
+	}
+	again := append([]*batch(nil), p.unacked...)
+	p.mu.Unlock()
+	sort.Strings(hdr.GapUsers)
+	first := true
+	if len(again) == 0 {
+		if err := s.sendBatch(&batch{}, hdr); err != nil {
+			s.teardown(err)
+			return nil
+		}
+		first = false
+	}
+	for _, b := range again {
+		h := hdr
+		if !first {
+			h = nil
+		}
+		first = false
+		s.m.resent.Add(float64(len(b.ds)))
+		if err := s.sendBatch(b, h); err != nil {
+			s.teardown(err)
+			return nil
+		}
 	}
 	return nil
 }
@@ -306,40 +265,50 @@ func (st *stream) setDeadline(sent time.Time, arm bool) {
 	}
 }
 
-// serve runs the stream until it breaks or the peer is closed.
+// serve runs the stream until it breaks, its session is over, or the peer
+// is closed.
 func (s *sender) serve() {
 	st := s.st
+	if st == nil {
+		return // open sent nothing: it tore the stream down already
+	}
+	p := s.p
 	delayArmed, delayDone := false, false
 	for {
-		room := len(s.inflight) < s.cfg.Window
-		if room && !s.pendingFull {
-			s.pending, s.pendingBytes, s.pendingFull = s.p.take(s.pending, s.cfg.BatchMax, s.cfg.BatchMaxBytes, s.pendingBytes)
+		p.mu.Lock()
+		if p.sess.number != st.session {
+			p.mu.Unlock()
+			s.teardown(errNewSession)
+			return
 		}
-		if room && len(s.pending) > 0 && (s.pendingFull || s.cfg.BatchDelay <= 0 || delayDone) {
+		room := len(p.unacked) < s.cfg.Window
+		pending := p.qn > 0 || len(p.q) > p.head
+		full := p.qn >= s.cfg.BatchMax || p.queuedBytesLocked() >= s.cfg.BatchMaxBytes || p.hasMarkLocked()
+		p.mu.Unlock()
+		if room && pending && (full || s.cfg.BatchDelay <= 0 || delayDone) {
 			if delayArmed {
 				s.timer.Stop()
 			}
 			delayArmed, delayDone = false, false
-			if err := s.send(); err != nil {
-				s.teardown(err)
-				return
+			b := s.take()
+			if b != nil {
+				if err := s.sendBatch(b, nil); err != nil {
+					s.teardown(err)
+					return
+				}
 			}
 			continue
 		}
-		if len(s.pending) > 0 && !delayArmed && !delayDone {
+		if room && pending && !delayArmed && !delayDone {
 			s.timer.Reset(s.cfg.BatchDelay)
 			delayArmed = true
-		}
-		var notify <-chan struct{}
-		if room && !s.pendingFull {
-			notify = s.p.notify
 		}
 		var delay <-chan time.Time
 		if delayArmed {
 			delay = s.timer.C
 		}
 		select {
-		case <-notify:
+		case <-p.notify:
 		case <-delay:
 			delayArmed, delayDone = false, true
 		case a := <-st.acks:
@@ -350,7 +319,7 @@ func (s *sender) serve() {
 		case <-st.done:
 			s.teardown(nil)
 			return
-		case <-s.p.ctx.Done():
+		case <-p.ctx.Done():
 			if delayArmed {
 				s.timer.Stop()
 			}
@@ -360,50 +329,123 @@ func (s *sender) serve() {
 	}
 }
 
-// send sends the pending deliveries as one batch.
-func (s *sender) send() error {
-	n := len(s.pending)
-	ds := make([]Delivery, n)
-	for i := range s.pending {
-		ds[i] = s.pending[i].d
+// queuedBytesLocked is the estimated size of the queued deliveries.
+func (p *Peer) queuedBytesLocked() int {
+	n := p.heldB
+	for _, b := range p.unacked {
+		n -= b.size
 	}
-	clear(s.pending)
-	s.pending, s.pendingBytes, s.pendingFull = s.pending[:0], 0, false
-	s.seq++
-	b := &batch{seq: s.seq, ds: ds, sent: time.Now()}
-	s.inflight = append(s.inflight, b)
-	if len(s.inflight) == 1 {
-		s.st.setDeadline(b.sent, true)
-	}
-	s.m.sent.Add(float64(n))
-	s.m.inFlight.Add(float64(n))
-	s.m.batch.Observe(float64(n))
-	return s.st.cs.Send(&rpcpb.DeliverBatch{Seq: b.seq, Deliveries: deliveriesToProto(ds)})
+	return n
 }
 
-// ack completes the batches up to a.seq (acks are cumulative; the server
-// sends one per batch, in order).
+// hasMarkLocked reports whether a cursor or the end is queued: it closes
+// a batch at once.
+func (p *Peer) hasMarkLocked() bool { return p.marks > 0 }
+
+// take moves items from the queue into a new unacked batch: deliveries up
+// to BatchMax and about BatchMaxBytes (the first always goes), ending at a
+// cursor or the end, which the batch carries.
+func (s *sender) take() *batch {
+	p := s.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	b := &batch{first: p.next}
+	k := p.head
+	for ; k < len(p.q) && len(b.ds) < s.cfg.BatchMax; k++ {
+		it := p.q[k]
+		if it.d.Message == nil {
+			if it.end {
+				b.end = true
+			} else {
+				b.cursor = it.cursor
+			}
+			p.marks--
+			k++
+			break
+		}
+		if b.size+it.size > s.cfg.BatchMaxBytes && len(b.ds) > 0 {
+			break
+		}
+		b.ds = append(b.ds, it.d)
+		b.size += it.size
+	}
+	// A cursor right behind a full batch rides with it.
+	if k < len(p.q) && !b.end && b.cursor == "" && p.q[k].d.Message == nil && !p.q[k].end {
+		b.cursor = p.q[k].cursor
+		p.marks--
+		k++
+	}
+	if k == p.head {
+		return nil
+	}
+	clear(p.q[p.head:k])
+	p.head = k
+	if p.head == len(p.q) {
+		p.q, p.head = p.q[:0], 0
+	} else if p.head >= 1024 && p.head*2 >= len(p.q) {
+		n := copy(p.q, p.q[p.head:])
+		clear(p.q[n:])
+		p.q, p.head = p.q[:n], 0
+	}
+	p.qn -= len(b.ds)
+	p.next += uint64(len(b.ds))
+	p.unacked = append(p.unacked, b)
+	s.m.queued.Sub(float64(len(b.ds)))
+	s.m.inFlight.Add(float64(len(b.ds)))
+	s.m.batch.Observe(float64(len(b.ds)))
+	return b
+}
+
+// sendBatch sends b on the current stream, with the session header hdr
+// if set (the stream's first batch).
+func (s *sender) sendBatch(b *batch, hdr *rpcpb.Session) error {
+	s.seq++
+	b.seq, b.sent = s.seq, time.Now()
+	s.p.mu.Lock()
+	oldest := len(s.p.unacked) > 0 && s.p.unacked[0] == b
+	s.p.mu.Unlock()
+	if oldest || hdr != nil {
+		s.st.setDeadline(b.sent, true)
+	}
+	s.m.sent.Add(float64(len(b.ds)))
+	return s.st.cs.Send(&rpcpb.DeliverBatch{Seq: b.seq, Deliveries: deliveriesToProto(b.ds), Session: hdr,
+		First: b.first, Cursor: b.cursor, End: b.end})
+}
+
+// ack completes the batches sent on this stream up to a.seq (acks are
+// cumulative; the server sends one per batch, in order). A batch the
+// receiver's handler refused is dropped like an acked one: the receiver
+// is responsible for what it could not take.
 func (s *sender) ack(a ack) error {
-	if len(s.inflight) == 0 || a.seq < s.inflight[0].seq || a.seq > s.inflight[len(s.inflight)-1].seq {
-		return fmt.Errorf("rpc: %s acked batch %d, which is not in flight", s.p.addr, a.seq)
+	p := s.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if a.seq > s.seq {
+		return fmt.Errorf("rpc: %s acked batch %d, which was not sent", p.addr, a.seq)
 	}
 	k := 0
-	for ; k < len(s.inflight) && s.inflight[k].seq <= a.seq; k++ {
-		b := s.inflight[k]
-		n := len(b.ds)
-		s.m.inFlight.Sub(float64(n))
-		if b.seq == a.seq && a.err != "" {
-			s.fail(b.ds, fmt.Errorf("%w: %s: %s", ErrRejected, s.p.addr, a.err))
-			continue
+	n := 0
+	for ; k < len(p.unacked) && p.unacked[k].seq <= a.seq && p.unacked[k].seq != 0; k++ {
+		b := p.unacked[k]
+		n += len(b.ds)
+		p.heldB -= b.size
+		if b.end && p.endDone != nil {
+			close(p.endDone)
+			p.endDone = nil
 		}
-		s.m.acked.Add(float64(n))
-		s.p.completed(n)
 	}
-	m := copy(s.inflight, s.inflight[k:])
-	clear(s.inflight[m:])
-	s.inflight = s.inflight[:m]
-	if len(s.inflight) > 0 {
-		s.st.setDeadline(s.inflight[0].sent, false)
+	if a.err != "" && k > 0 {
+		s.log.Warn("rpc peer refused a batch", "err", a.err, "deliveries", len(p.unacked[k-1].ds))
+	}
+	m := copy(p.unacked, p.unacked[k:])
+	clear(p.unacked[m:])
+	p.unacked = p.unacked[:m]
+	p.held -= n
+	s.m.inFlight.Sub(float64(n))
+	s.m.acked.Add(float64(n))
+	p.completedLocked(n)
+	if len(p.unacked) > 0 {
+		s.st.setDeadline(p.unacked[0].sent, false)
 	} else {
 		s.st.setDeadline(time.Time{}, false)
 	}
@@ -412,8 +454,9 @@ func (s *sender) ack(a ack) error {
 	return nil
 }
 
-// teardown ends the stream and fails every batch it has not acked. err is
-// what the sender saw (nil if the receiver saw it first).
+// teardown ends the stream. What it left unacked stays, to be sent again
+// on the next stream. err is what the sender saw (nil if the receiver saw
+// it first).
 func (s *sender) teardown(err error) {
 	st := s.st
 	defer func() { s.st = nil }()
@@ -431,11 +474,23 @@ func (s *sender) teardown(err error) {
 			drained = true
 		}
 	}
+	// Batches not acked on it are sent again, renumbered, on the next one.
+	s.p.mu.Lock()
+	unacked := 0
+	for _, b := range s.p.unacked {
+		b.seq = 0
+		unacked += len(b.ds)
+	}
+	s.p.mu.Unlock()
 	cause := context.Cause(st.ctx)
 	var reason error
 	switch {
 	case s.p.ctx.Err() != nil:
-		reason = fmt.Errorf("%w: peer %s removed or client closed", ErrClosed, s.p.addr)
+		s.log.Debug("rpc deliver stream closed")
+		return
+	case errors.Is(err, errNewSession):
+		s.log.Debug("rpc deliver stream cut for a new session")
+		return
 	case errors.Is(cause, errAckDeadline):
 		reason = fmt.Errorf("%w: %s did not ack within %v", ErrAckTimeout, s.p.addr, s.cfg.AckTimeout)
 	case err == nil || errors.Is(err, io.EOF):
@@ -443,20 +498,8 @@ func (s *sender) teardown(err error) {
 	default:
 		reason = s.streamError(err)
 	}
-	n := 0
-	for _, b := range s.inflight {
-		n += len(b.ds)
-		s.m.inFlight.Sub(float64(len(b.ds)))
-		s.fail(b.ds, reason)
-	}
-	clear(s.inflight)
-	s.inflight = s.inflight[:0]
-	if errors.Is(reason, ErrClosed) {
-		s.log.Debug("rpc deliver stream closed", "failed", n)
-		return
-	}
 	s.lastErr = reason
-	s.log.Warn("rpc deliver stream ended", "err", reason, "failed", n)
+	s.log.Warn("rpc deliver stream ended; unacked deliveries will be sent again", "err", reason, "unacked", unacked)
 }
 
 // streamError classifies why a stream could not open or broke.
@@ -470,25 +513,16 @@ func (s *sender) streamError(err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrUnavailable, s.p.addr, err)
 }
 
-// finish fails everything left, in order, once the peer is closed, and
-// closes its connection.
+// finish ends the stream, if any, once the peer is closed (close dropped
+// what it held), and closes its connection.
 func (s *sender) finish() {
 	if s.st != nil {
 		s.teardown(errPeerClosed)
 	}
 	s.timer.Stop()
-	closed := fmt.Errorf("%w: peer %s removed or client closed", ErrClosed, s.p.addr)
-	if len(s.pending) > 0 {
-		ds := make([]Delivery, len(s.pending))
-		for i, it := range s.pending {
-			ds[i] = it.d
-		}
-		clear(s.pending)
-		s.pending = s.pending[:0]
-		s.fail(ds, closed)
-	}
-	// The peer is closed, so nothing is enqueued any more.
-	s.fail(s.p.takeOlder(time.Time{}), closed)
+	s.p.mu.Lock()
+	s.p.dropLocked(nil, false)
+	s.p.mu.Unlock()
 	if s.p.conn != nil {
 		if err := s.p.conn.Close(); err != nil {
 			s.log.Debug("rpc connection close", "err", err)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -24,12 +25,13 @@ import (
 
 // Handler serves a [Server]'s calls; the node implements it.
 //
-// Concurrency: Deliver is called from one goroutine per incoming Deliver
-// stream (one per dispatch node), batch after batch in the order they were
-// sent, never concurrently for one stream; different streams call it
-// concurrently. Submit and Verify are called concurrently, each from its
-// call's goroutine. Every method must return promptly once ctx is done:
-// ctx ends when the caller goes away or the server stops.
+// Concurrency: Deliver is called for one delivery session at a time, batch
+// after batch in the order they were sent, never concurrently for one
+// session (even across the streams that carry it after reconnects);
+// different sessions call it concurrently. Submit and Verify are called
+// concurrently, each from its call's goroutine. Every method must return
+// promptly once ctx is done: ctx ends when the caller goes away or the
+// server stops.
 //
 // Errors: an error wrapping auth.ErrInvalidToken becomes UNAUTHENTICATED
 // with the error's text (the caller maps it back to auth.ErrInvalidToken
@@ -39,16 +41,49 @@ import (
 // meaning; anything else reaches the caller as ErrRejected with the
 // error's text.
 type Handler interface {
-	// Deliver hands ds to the local connections. The slice and the
-	// messages are the handler's to keep. A nil error acks the batch; an
-	// error fails all of it on the sending side (OnFailed), and the stream
-	// goes on.
-	Deliver(ctx context.Context, ds []Delivery) error
-	// Submit routes messages that are already stored durably. The slice
-	// and the messages are the handler's to keep.
-	Submit(ctx context.Context, ms []*storage.Message) error
+	// Deliver hands one batch of a delivery session to the local
+	// connections: its deliveries (those the session has not delivered
+	// already: a batch sent again after a reconnect arrives once), then
+	// its cursor. The batch is the handler's to keep. A nil error acks it;
+	// an error is reported to the sender, which does not send it again.
+	Deliver(ctx context.Context, b Batch) error
+	// Submit routes messages that are already stored durably, from the
+	// collect node from, whose cursor is cursor ("" if it sent none). The
+	// slice and the messages are the handler's to keep. ms may be empty
+	// (a cursor heartbeat).
+	Submit(ctx context.Context, from Source, ms []*storage.Message, cursor string) error
 	// Verify turns a connection token into an identity.
 	Verify(ctx context.Context, token string) (auth.Identity, error)
+}
+
+// Batch is what a delivery session brings in one DeliverBatch.
+type Batch struct {
+	// Session is the session the batch belongs to, as its sender
+	// announced it when the stream opened.
+	Session SessionInfo
+	// Deliveries are the new deliveries, in order.
+	Deliveries []Delivery
+	// Cursor, if set, follows the deliveries: every message at or below
+	// it that the sender routes here has come in this session.
+	Cursor string
+	// End: the sender is leaving; nothing more comes in this session.
+	End bool
+	// Hole: deliveries of this session were skipped (the sender lost
+	// them without starting a new session; it should not happen). The
+	// handler should recover everything since the session's last cursor.
+	Hole bool
+}
+
+// SessionInfo names a delivery session and what its sender dropped
+// before it (see rpcpb.Session).
+type SessionInfo struct {
+	Source   Source
+	Number   uint64
+	Prev     uint64
+	GapUsers []string
+	GapAll   bool
+	// Cursors: the sender is a dispatch node; its cursors count.
+	Cursors bool
 }
 
 // State is where a Server is in its life.
@@ -91,6 +126,8 @@ type Server struct {
 	log   *slog.Logger
 	m     *serverMetrics
 	guard *guard
+
+	sessions sessionTable
 
 	mu       sync.Mutex
 	state    State
@@ -294,18 +331,23 @@ func (v *service) Deliver(stream grpc.BidiStreamingServer[rpcpb.DeliverBatch, rp
 	}
 	s.m.streams.Inc()
 	defer s.m.streams.Dec()
+	var sess *sessionState
 	for {
 		select {
 		case b := <-in:
-			ds := deliveriesFromProto(b.GetDeliveries())
-			s.m.batches.Inc()
-			s.m.deliveries.Add(float64(len(ds)))
-			ack := &rpcpb.DeliverAck{Seq: b.GetSeq()}
-			if err := s.cfg.Handler.Deliver(ctx, ds); err != nil {
-				ack.Error = err.Error()
+			if sess == nil {
+				h := b.GetSession()
+				if h == nil || h.GetSourceId() == "" {
+					return status.Error(codes.InvalidArgument, "rpc: the first batch of a Deliver stream must name its session")
+				}
+				sess = s.sessions.get(h)
 			}
+			ack, end := s.deliver(ctx, sess, b)
 			if err := stream.Send(ack); err != nil {
 				return err
+			}
+			if end {
+				s.sessions.remove(sess)
 			}
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
@@ -320,13 +362,111 @@ func (v *service) Deliver(stream grpc.BidiStreamingServer[rpcpb.DeliverBatch, rp
 	}
 }
 
+// deliver hands one batch to the handler, minus the deliveries the
+// session already delivered, under the session's lock.
+func (s *Server) deliver(ctx context.Context, sess *sessionState, b *rpcpb.DeliverBatch) (*rpcpb.DeliverAck, bool) {
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	sess.used.Store(time.Now().UnixNano())
+	ack := &rpcpb.DeliverAck{Seq: b.GetSeq()}
+	pds := b.GetDeliveries()
+	first := b.GetFirst()
+	hole := false
+	if len(pds) > 0 {
+		switch {
+		case first > sess.next:
+			hole = true
+		case first < sess.next:
+			skip := min(sess.next-first, uint64(len(pds)))
+			s.m.duplicates.Add(float64(skip))
+			pds = pds[skip:]
+			first += skip
+		}
+		if end := first + uint64(len(pds)); end > sess.next {
+			sess.next = end
+		}
+	}
+	ds := deliveriesFromProto(pds)
+	s.m.batches.Inc()
+	s.m.deliveries.Add(float64(len(ds)))
+	if len(ds) == 0 && b.GetCursor() == "" && !b.GetEnd() && !hole && sess.started {
+		return ack, false // a resend of what was handled, or an empty header
+	}
+	sess.started = true
+	err := s.cfg.Handler.Deliver(ctx, Batch{Session: sess.info, Deliveries: ds, Cursor: b.GetCursor(), End: b.GetEnd(), Hole: hole})
+	if err != nil {
+		ack.Error = err.Error()
+	}
+	return ack, b.GetEnd()
+}
+
+// sessionTable holds, per delivery session, the number of the next
+// delivery expected, so that batches sent again are delivered once.
+type sessionTable struct {
+	mu sync.Mutex
+	m  map[sessionKey]*sessionState
+}
+
+type sessionKey struct {
+	id, incarnation string
+	number          uint64
+}
+
+type sessionState struct {
+	key     sessionKey
+	info    SessionInfo
+	mu      sync.Mutex   // serializes the handler calls of the session
+	next    uint64       // the session-wide number of the next new delivery
+	started bool         // the handler has seen the session
+	used    atomic.Int64 // when a batch last came, Unix ns
+}
+
+// sessionIdle is how long a session nobody sends on is remembered.
+const sessionIdle = 10 * time.Minute
+
+func (t *sessionTable) get(h *rpcpb.Session) *sessionState {
+	k := sessionKey{h.GetSourceId(), h.GetSourceIncarnation(), h.GetNumber()}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = make(map[sessionKey]*sessionState)
+	}
+	if st := t.m[k]; st != nil {
+		return st
+	}
+	now := time.Now()
+	for ok, o := range t.m {
+		// Older sessions of the same sender are over; so is any session
+		// nobody sent on for a long time.
+		if (ok.id == k.id && ok.incarnation == k.incarnation && ok.number < k.number) || now.Sub(time.Unix(0, o.used.Load())) > sessionIdle {
+			delete(t.m, ok)
+		}
+	}
+	st := &sessionState{key: k, next: 1, info: SessionInfo{
+		Source: Source{ID: k.id, Incarnation: k.incarnation}, Number: k.number, Prev: h.GetPrev(),
+		GapUsers: h.GetGapUsers(), GapAll: h.GetGapAll(), Cursors: h.GetCursors(),
+	}}
+	st.used.Store(now.UnixNano())
+	t.m[k] = st
+	return st
+}
+
+func (t *sessionTable) remove(st *sessionState) {
+	t.mu.Lock()
+	if t.m[st.key] == st {
+		delete(t.m, st.key)
+	}
+	t.mu.Unlock()
+}
+
 func (v *service) Submit(ctx context.Context, req *rpcpb.SubmitRequest) (*rpcpb.SubmitReply, error) {
 	s := v.s
 	if !s.enter(false) {
 		return nil, errStopping
 	}
 	defer s.calls.Done()
-	if err := s.cfg.Handler.Submit(ctx, messagesFromProto(req.GetMessages())); err != nil {
+	from := Source{ID: req.GetSourceId(), Incarnation: req.GetSourceIncarnation()}
+	if err := s.cfg.Handler.Submit(ctx, from, messagesFromProto(req.GetMessages()), req.GetCursor()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &rpcpb.SubmitReply{}, nil

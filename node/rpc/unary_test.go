@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -36,12 +37,15 @@ func TestSubmit(t *testing.T) {
 	ctx := ctxTimeout(t, 5*time.Second)
 
 	want := []*storage.Message{message(0), message(1), message(2), message(3)}
-	if err := p.Submit(ctx, want); err != nil {
+	if err := p.Submit(ctx, want, "c1"); err != nil {
 		t.Fatal(err)
 	}
 	h.mu.Lock()
-	got := h.submitted[0]
+	got, cursor, from := h.submitted[0], h.cursors[0], h.from[0]
 	h.mu.Unlock()
+	if cursor != "c1" || from != (rpc.Source{ID: "dispatch-1", Incarnation: "inc-1"}) {
+		t.Fatalf("Submit came with cursor %q from %+v", cursor, from)
+	}
 	if len(got) != len(want) {
 		t.Fatalf("submitted %d messages, want %d", len(got), len(want))
 	}
@@ -49,15 +53,15 @@ func TestSubmit(t *testing.T) {
 		checkDelivery(t, i, rpc.Delivery{Message: got[i]}, rpc.Delivery{Message: want[i]})
 	}
 
-	err := p.Submit(ctx, []*storage.Message{{ID: "fail"}})
+	err := p.Submit(ctx, []*storage.Message{{ID: "fail"}}, "")
 	if !errors.Is(err, rpc.ErrRejected) || err.Error() != "dispatch queue closed" {
 		t.Fatalf("handler error: %v; want ErrRejected with the handler's text", err)
 	}
-	err = p.Submit(ctx, []*storage.Message{{ID: "down"}})
+	err = p.Submit(ctx, []*storage.Message{{ID: "down"}}, "")
 	if !errors.Is(err, rpc.ErrUnavailable) || status.Code(err) != codes.Unavailable {
 		t.Fatalf("handler's storage.ErrUnavailable: %v; want ErrUnavailable", err)
 	}
-	if err := p.Submit(ctx, []*storage.Message{nil}); err == nil {
+	if err := p.Submit(ctx, []*storage.Message{nil}, ""); err == nil {
 		t.Fatal("Submit took a nil message")
 	}
 }
@@ -130,17 +134,15 @@ func TestWrongSecret(t *testing.T) {
 	h := &recorder{verify: func(context.Context, string) (auth.Identity, error) {
 		return auth.Identity{User: "alice"}, nil
 	}}
-	srv := startServer(t, h, nil)
-	var f failures
+	srvReg := prometheus.NewRegistry()
+	srv := startServer(t, h, func(c *rpc.ServerConfig) { c.Registerer = srvReg })
 	c := newClient(t, func(c *rpc.ClientConfig) {
 		c.Secret = []byte("another secret, another cluster")
-		c.QueueTimeout = 200 * time.Millisecond
-		c.OnFailed = f.record
 	})
 	p := c.Peer(srv.Addr())
 	ctx := ctxTimeout(t, 5*time.Second)
 
-	err := p.Submit(ctx, []*storage.Message{message(1)})
+	err := p.Submit(ctx, []*storage.Message{message(1)}, "")
 	if !errors.Is(err, rpc.ErrUnauthenticated) || status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("Submit with the wrong secret: %v", err)
 	}
@@ -149,18 +151,18 @@ func TestWrongSecret(t *testing.T) {
 		t.Fatalf("Verify with the wrong secret: %v; want ErrUnauthenticated, not an invalid token", err)
 	}
 
+	// Deliveries are refused stream after stream; they are never acked.
 	for i := range 3 {
-		if err := p.Enqueue(ctx, rpc.Delivery{Message: message(i)}); err != nil {
+		if err := p.Enqueue(rpc.Delivery{Message: message(i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := p.Flush(ctx); err != nil {
-		t.Fatal(err)
+	eventually(t, 5*time.Second, "refused streams", func() bool { return metric(t, srvReg, "herald_rpc_server_refused_total") >= 4 })
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	if err := p.Flush(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Flush with the wrong secret: %v, want DeadlineExceeded", err)
 	}
-	_, errs := f.get()
-	if len(errs) != 3 || !errors.Is(errs[0], rpc.ErrUnauthenticated) {
-		t.Fatalf("deliveries with the wrong secret failed with %v; want 3 wrapping ErrUnauthenticated", errs)
-	}
+	cancel()
 	if h.count() != 0 || len(h.submitted) != 0 {
 		t.Fatal("the handler was called for a caller with the wrong secret")
 	}
@@ -209,17 +211,21 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("client config without secret: %v", err)
 	}
 	c.Secret = secret
+	if err := c.Validate(); !errors.Is(err, rpc.ErrInvalidConfig) {
+		t.Fatalf("client config without source: %v", err)
+	}
+	c.Source = rpc.Source{ID: "n", Incarnation: "1"}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	for name, mod := range map[string]func(*rpc.ClientConfig){
 		"QueueLen":      func(c *rpc.ClientConfig) { c.QueueLen = 0 },
+		"QueueBytes":    func(c *rpc.ClientConfig) { c.QueueBytes = 10 },
 		"BatchMax":      func(c *rpc.ClientConfig) { c.BatchMax = 0 },
 		"BatchMaxBytes": func(c *rpc.ClientConfig) { c.BatchMaxBytes = 10 },
 		"BatchDelay":    func(c *rpc.ClientConfig) { c.BatchDelay = -1 },
 		"Window":        func(c *rpc.ClientConfig) { c.Window = 0 },
 		"AckTimeout":    func(c *rpc.ClientConfig) { c.AckTimeout = 0 },
-		"QueueTimeout":  func(c *rpc.ClientConfig) { c.QueueTimeout = 0 },
 		"DialTimeout":   func(c *rpc.ClientConfig) { c.DialTimeout = 0 },
 		"MaxBackoff":    func(c *rpc.ClientConfig) { c.MaxBackoff = 0 },
 	} {

@@ -191,8 +191,25 @@ type DeliverBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// seq numbers the batches of one stream 1, 2, 3, ... The server acks
 	// every batch, in order.
-	Seq           uint64      `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Deliveries    []*Delivery `protobuf:"bytes,2,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	Seq        uint64      `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Deliveries []*Delivery `protobuf:"bytes,2,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	// session is set on the first batch of every stream: which delivery
+	// session of which sender the stream carries. A session outlives its
+	// streams: after a reconnect the sender sends again, on a new stream,
+	// what the old one left unacked.
+	Session *Session `protobuf:"bytes,3,opt,name=session,proto3" json:"session,omitempty"`
+	// first is the session-wide number (1, 2, 3, ...) of this batch's first
+	// delivery, so that the server drops deliveries it already handled when
+	// a batch is sent again.
+	First uint64 `protobuf:"varint,4,opt,name=first,proto3" json:"first,omitempty"`
+	// cursor, if set, follows this batch's deliveries: every message at or
+	// below it that the sender routes to the receiver has been sent before
+	// it in this session (docs/PROTOCOL.md, "Cursors").
+	Cursor string `protobuf:"bytes,5,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// end says the session is over and the sender is leaving the cluster:
+	// nothing more will come from it, and its cursor no longer holds the
+	// receiver's back.
+	End           bool `protobuf:"varint,6,opt,name=end,proto3" json:"end,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -241,6 +258,139 @@ func (x *DeliverBatch) GetDeliveries() []*Delivery {
 	return nil
 }
 
+func (x *DeliverBatch) GetSession() *Session {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+func (x *DeliverBatch) GetFirst() uint64 {
+	if x != nil {
+		return x.First
+	}
+	return 0
+}
+
+func (x *DeliverBatch) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *DeliverBatch) GetEnd() bool {
+	if x != nil {
+		return x.End
+	}
+	return false
+}
+
+// Session names a sender's delivery session to one receiver. A sender
+// starts a new session (a new number) whenever it has dropped deliveries
+// for the receiver (its buffer overflowed, or it forgot the receiver for
+// a while); gap says which users those deliveries were for.
+type Session struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	SourceId          string                 `protobuf:"bytes,1,opt,name=source_id,json=sourceId,proto3" json:"source_id,omitempty"`
+	SourceIncarnation string                 `protobuf:"bytes,2,opt,name=source_incarnation,json=sourceIncarnation,proto3" json:"source_incarnation,omitempty"`
+	// number is unique per sender incarnation, and grows.
+	Number uint64 `protobuf:"varint,3,opt,name=number,proto3" json:"number,omitempty"`
+	// prev is the number of the sender's previous session to this
+	// receiver, or 0 if it knows of none.
+	Prev uint64 `protobuf:"varint,4,opt,name=prev,proto3" json:"prev,omitempty"`
+	// gap lists the users of the deliveries dropped since session prev (or
+	// before this session, if prev is 0); gap_all says it was too many to
+	// list, or a broadcast.
+	GapUsers []string `protobuf:"bytes,5,rep,name=gap_users,json=gapUsers,proto3" json:"gap_users,omitempty"`
+	GapAll   bool     `protobuf:"varint,6,opt,name=gap_all,json=gapAll,proto3" json:"gap_all,omitempty"`
+	// cursors says the sender is a dispatch node whose batches carry
+	// cursors, which the receiver's own cursor waits for. A push node that
+	// only forwards a misrouted delivery sends none.
+	Cursors       bool `protobuf:"varint,7,opt,name=cursors,proto3" json:"cursors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Session) Reset() {
+	*x = Session{}
+	mi := &file_node_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Session) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Session) ProtoMessage() {}
+
+func (x *Session) ProtoReflect() protoreflect.Message {
+	mi := &file_node_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Session.ProtoReflect.Descriptor instead.
+func (*Session) Descriptor() ([]byte, []int) {
+	return file_node_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Session) GetSourceId() string {
+	if x != nil {
+		return x.SourceId
+	}
+	return ""
+}
+
+func (x *Session) GetSourceIncarnation() string {
+	if x != nil {
+		return x.SourceIncarnation
+	}
+	return ""
+}
+
+func (x *Session) GetNumber() uint64 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Session) GetPrev() uint64 {
+	if x != nil {
+		return x.Prev
+	}
+	return 0
+}
+
+func (x *Session) GetGapUsers() []string {
+	if x != nil {
+		return x.GapUsers
+	}
+	return nil
+}
+
+func (x *Session) GetGapAll() bool {
+	if x != nil {
+		return x.GapAll
+	}
+	return false
+}
+
+func (x *Session) GetCursors() bool {
+	if x != nil {
+		return x.Cursors
+	}
+	return false
+}
+
 // DeliverAck acknowledges one batch: the push node handed every delivery to
 // its local connections, or, if error is set, failed the whole batch.
 type DeliverAck struct {
@@ -255,7 +405,7 @@ type DeliverAck struct {
 
 func (x *DeliverAck) Reset() {
 	*x = DeliverAck{}
-	mi := &file_node_proto_msgTypes[3]
+	mi := &file_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -267,7 +417,7 @@ func (x *DeliverAck) String() string {
 func (*DeliverAck) ProtoMessage() {}
 
 func (x *DeliverAck) ProtoReflect() protoreflect.Message {
-	mi := &file_node_proto_msgTypes[3]
+	mi := &file_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -280,7 +430,7 @@ func (x *DeliverAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverAck.ProtoReflect.Descriptor instead.
 func (*DeliverAck) Descriptor() ([]byte, []int) {
-	return file_node_proto_rawDescGZIP(), []int{3}
+	return file_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *DeliverAck) GetSeq() uint64 {
@@ -300,14 +450,21 @@ func (x *DeliverAck) GetError() string {
 type SubmitRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// messages are already stored durably; the dispatch node routes them.
-	Messages      []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// A request without messages carries only the cursor (a heartbeat).
+	Messages []*Message `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// The collect node that sends them, and its cursor: every message at or
+	// below it that it accepted has been handed to a dispatch node. The
+	// dispatch node's own cursor does not pass it.
+	SourceId          string `protobuf:"bytes,2,opt,name=source_id,json=sourceId,proto3" json:"source_id,omitempty"`
+	SourceIncarnation string `protobuf:"bytes,3,opt,name=source_incarnation,json=sourceIncarnation,proto3" json:"source_incarnation,omitempty"`
+	Cursor            string `protobuf:"bytes,4,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SubmitRequest) Reset() {
 	*x = SubmitRequest{}
-	mi := &file_node_proto_msgTypes[4]
+	mi := &file_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +476,7 @@ func (x *SubmitRequest) String() string {
 func (*SubmitRequest) ProtoMessage() {}
 
 func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_node_proto_msgTypes[4]
+	mi := &file_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +489,7 @@ func (x *SubmitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitRequest.ProtoReflect.Descriptor instead.
 func (*SubmitRequest) Descriptor() ([]byte, []int) {
-	return file_node_proto_rawDescGZIP(), []int{4}
+	return file_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitRequest) GetMessages() []*Message {
@@ -340,6 +497,27 @@ func (x *SubmitRequest) GetMessages() []*Message {
 		return x.Messages
 	}
 	return nil
+}
+
+func (x *SubmitRequest) GetSourceId() string {
+	if x != nil {
+		return x.SourceId
+	}
+	return ""
+}
+
+func (x *SubmitRequest) GetSourceIncarnation() string {
+	if x != nil {
+		return x.SourceIncarnation
+	}
+	return ""
+}
+
+func (x *SubmitRequest) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
 }
 
 type SubmitReply struct {
@@ -350,7 +528,7 @@ type SubmitReply struct {
 
 func (x *SubmitReply) Reset() {
 	*x = SubmitReply{}
-	mi := &file_node_proto_msgTypes[5]
+	mi := &file_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +540,7 @@ func (x *SubmitReply) String() string {
 func (*SubmitReply) ProtoMessage() {}
 
 func (x *SubmitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_node_proto_msgTypes[5]
+	mi := &file_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +553,7 @@ func (x *SubmitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitReply.ProtoReflect.Descriptor instead.
 func (*SubmitReply) Descriptor() ([]byte, []int) {
-	return file_node_proto_rawDescGZIP(), []int{5}
+	return file_node_proto_rawDescGZIP(), []int{6}
 }
 
 type VerifyRequest struct {
@@ -387,7 +565,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_node_proto_msgTypes[6]
+	mi := &file_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +577,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_node_proto_msgTypes[6]
+	mi := &file_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +590,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_node_proto_rawDescGZIP(), []int{6}
+	return file_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *VerifyRequest) GetToken() string {
@@ -433,7 +611,7 @@ type VerifyReply struct {
 
 func (x *VerifyReply) Reset() {
 	*x = VerifyReply{}
-	mi := &file_node_proto_msgTypes[7]
+	mi := &file_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -445,7 +623,7 @@ func (x *VerifyReply) String() string {
 func (*VerifyReply) ProtoMessage() {}
 
 func (x *VerifyReply) ProtoReflect() protoreflect.Message {
-	mi := &file_node_proto_msgTypes[7]
+	mi := &file_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -458,7 +636,7 @@ func (x *VerifyReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyReply.ProtoReflect.Descriptor instead.
 func (*VerifyReply) Descriptor() ([]byte, []int) {
-	return file_node_proto_rawDescGZIP(), []int{7}
+	return file_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VerifyReply) GetUser() string {
@@ -493,18 +671,33 @@ const file_node_proto_rawDesc = "" +
 	"\x03key\x18\a \x01(\tR\x03key\"P\n" +
 	"\bDelivery\x120\n" +
 	"\amessage\x18\x01 \x01(\v2\x16.herald.rpc.v1.MessageR\amessage\x12\x12\n" +
-	"\x04hops\x18\x02 \x01(\rR\x04hops\"Y\n" +
+	"\x04hops\x18\x02 \x01(\rR\x04hops\"\xcb\x01\n" +
 	"\fDeliverBatch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x127\n" +
 	"\n" +
 	"deliveries\x18\x02 \x03(\v2\x17.herald.rpc.v1.DeliveryR\n" +
-	"deliveries\"4\n" +
+	"deliveries\x120\n" +
+	"\asession\x18\x03 \x01(\v2\x16.herald.rpc.v1.SessionR\asession\x12\x14\n" +
+	"\x05first\x18\x04 \x01(\x04R\x05first\x12\x16\n" +
+	"\x06cursor\x18\x05 \x01(\tR\x06cursor\x12\x10\n" +
+	"\x03end\x18\x06 \x01(\bR\x03end\"\xd1\x01\n" +
+	"\aSession\x12\x1b\n" +
+	"\tsource_id\x18\x01 \x01(\tR\bsourceId\x12-\n" +
+	"\x12source_incarnation\x18\x02 \x01(\tR\x11sourceIncarnation\x12\x16\n" +
+	"\x06number\x18\x03 \x01(\x04R\x06number\x12\x12\n" +
+	"\x04prev\x18\x04 \x01(\x04R\x04prev\x12\x1b\n" +
+	"\tgap_users\x18\x05 \x03(\tR\bgapUsers\x12\x17\n" +
+	"\agap_all\x18\x06 \x01(\bR\x06gapAll\x12\x18\n" +
+	"\acursors\x18\a \x01(\bR\acursors\"4\n" +
 	"\n" +
 	"DeliverAck\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"C\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xa7\x01\n" +
 	"\rSubmitRequest\x122\n" +
-	"\bmessages\x18\x01 \x03(\v2\x16.herald.rpc.v1.MessageR\bmessages\"\r\n" +
+	"\bmessages\x18\x01 \x03(\v2\x16.herald.rpc.v1.MessageR\bmessages\x12\x1b\n" +
+	"\tsource_id\x18\x02 \x01(\tR\bsourceId\x12-\n" +
+	"\x12source_incarnation\x18\x03 \x01(\tR\x11sourceIncarnation\x12\x16\n" +
+	"\x06cursor\x18\x04 \x01(\tR\x06cursor\"\r\n" +
 	"\vSubmitReply\"%\n" +
 	"\rVerifyRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\"D\n" +
@@ -528,32 +721,34 @@ func file_node_proto_rawDescGZIP() []byte {
 	return file_node_proto_rawDescData
 }
 
-var file_node_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_node_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_node_proto_goTypes = []any{
 	(*Message)(nil),       // 0: herald.rpc.v1.Message
 	(*Delivery)(nil),      // 1: herald.rpc.v1.Delivery
 	(*DeliverBatch)(nil),  // 2: herald.rpc.v1.DeliverBatch
-	(*DeliverAck)(nil),    // 3: herald.rpc.v1.DeliverAck
-	(*SubmitRequest)(nil), // 4: herald.rpc.v1.SubmitRequest
-	(*SubmitReply)(nil),   // 5: herald.rpc.v1.SubmitReply
-	(*VerifyRequest)(nil), // 6: herald.rpc.v1.VerifyRequest
-	(*VerifyReply)(nil),   // 7: herald.rpc.v1.VerifyReply
+	(*Session)(nil),       // 3: herald.rpc.v1.Session
+	(*DeliverAck)(nil),    // 4: herald.rpc.v1.DeliverAck
+	(*SubmitRequest)(nil), // 5: herald.rpc.v1.SubmitRequest
+	(*SubmitReply)(nil),   // 6: herald.rpc.v1.SubmitReply
+	(*VerifyRequest)(nil), // 7: herald.rpc.v1.VerifyRequest
+	(*VerifyReply)(nil),   // 8: herald.rpc.v1.VerifyReply
 }
 var file_node_proto_depIdxs = []int32{
 	0, // 0: herald.rpc.v1.Delivery.message:type_name -> herald.rpc.v1.Message
 	1, // 1: herald.rpc.v1.DeliverBatch.deliveries:type_name -> herald.rpc.v1.Delivery
-	0, // 2: herald.rpc.v1.SubmitRequest.messages:type_name -> herald.rpc.v1.Message
-	2, // 3: herald.rpc.v1.Node.Deliver:input_type -> herald.rpc.v1.DeliverBatch
-	4, // 4: herald.rpc.v1.Node.Submit:input_type -> herald.rpc.v1.SubmitRequest
-	6, // 5: herald.rpc.v1.Node.Verify:input_type -> herald.rpc.v1.VerifyRequest
-	3, // 6: herald.rpc.v1.Node.Deliver:output_type -> herald.rpc.v1.DeliverAck
-	5, // 7: herald.rpc.v1.Node.Submit:output_type -> herald.rpc.v1.SubmitReply
-	7, // 8: herald.rpc.v1.Node.Verify:output_type -> herald.rpc.v1.VerifyReply
-	6, // [6:9] is the sub-list for method output_type
-	3, // [3:6] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 2: herald.rpc.v1.DeliverBatch.session:type_name -> herald.rpc.v1.Session
+	0, // 3: herald.rpc.v1.SubmitRequest.messages:type_name -> herald.rpc.v1.Message
+	2, // 4: herald.rpc.v1.Node.Deliver:input_type -> herald.rpc.v1.DeliverBatch
+	5, // 5: herald.rpc.v1.Node.Submit:input_type -> herald.rpc.v1.SubmitRequest
+	7, // 6: herald.rpc.v1.Node.Verify:input_type -> herald.rpc.v1.VerifyRequest
+	4, // 7: herald.rpc.v1.Node.Deliver:output_type -> herald.rpc.v1.DeliverAck
+	6, // 8: herald.rpc.v1.Node.Submit:output_type -> herald.rpc.v1.SubmitReply
+	8, // 9: herald.rpc.v1.Node.Verify:output_type -> herald.rpc.v1.VerifyReply
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_node_proto_init() }
@@ -567,7 +762,7 @@ func file_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_node_proto_rawDesc), len(file_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
