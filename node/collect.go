@@ -217,7 +217,7 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	stored, err := n.cfg.Messages.Append(ctx, m)
 	n.metrics.appendSeconds.Observe(time.Since(start).Seconds())
 	switch {
-	case errors.Is(err, storage.ErrDuplicate):
+	case errors.Is(err, storage.ErrDuplicate) && stored != nil:
 		n.tracker.Done(id)
 		n.metrics.postDuplicate.Inc()
 		// The first try may never have been dispatched (its store write

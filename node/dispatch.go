@@ -209,7 +209,14 @@ func (d *dispatcher) heartbeat() {
 		return
 	}
 	d.send.Expire(time.Now())
-	d.send.Cursor(d.tracker.Cursor(), d.members.PushNodes())
+	push := d.members.PushNodes()
+	for i, id := range push {
+		if id == d.self {
+			push = append(push[:i], push[i+1:]...)
+			break
+		}
+	}
+	d.send.Cursor(d.tracker.Cursor(), push)
 }
 
 // route delivers a batch: local connections through the edge, remote

@@ -197,7 +197,7 @@ func (s *sources) forget(id, incarnation string) {
 // session, and what its sender dropped before it.
 func (s *sources) beginBatch(b *rpc.Batch) {
 	info := b.Session
-	if !info.Cursors {
+	if !info.Cursors || info.Source.ID == s.self {
 		return // a push node forwarding a misrouted delivery: not a source
 	}
 	s.mu.Lock()

@@ -38,6 +38,8 @@ type Follower struct {
 
 	log []string // one line per session event, for failure reports
 
+	pin *Node // always connect here, if set
+
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -56,9 +58,15 @@ func (f *Follower) Log() []string {
 }
 
 // Follow starts a follower for user; it stops at the end of the test.
-func (c *Cluster) Follow(user string) *Follower {
+func (c *Cluster) Follow(user string) *Follower { return c.follow(user, nil) }
+
+// FollowOn starts a follower for user that always connects to n, whoever
+// owns user on the ring.
+func (c *Cluster) FollowOn(user string, n *Node) *Follower { return c.follow(user, n) }
+
+func (c *Cluster) follow(user string, pin *Node) *Follower {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &Follower{User: user, c: c, t: c.t, counts: map[string]int{}, pos: resume.New(""), cancel: cancel, done: make(chan struct{})}
+	f := &Follower{User: user, c: c, t: c.t, counts: map[string]int{}, pos: resume.New(""), pin: pin, cancel: cancel, done: make(chan struct{})}
 	go f.run(ctx)
 	c.t.Cleanup(f.Stop)
 	return f
@@ -77,6 +85,9 @@ func (f *Follower) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		target := hint
 		hint = ""
+		if f.pin != nil {
+			target = f.pin.WSURL("")
+		}
 		if target == "" {
 			target = f.route()
 		}

@@ -90,6 +90,18 @@ type Options struct {
 // is shut down in t.Cleanup.
 func Start(t testing.TB, o Options) *Node {
 	t.Helper()
+	tn := New(t, o)
+	if err := tn.Node.Start(context.Background()); err != nil {
+		_ = tn.Node.Shutdown(context.Background())
+		t.Fatal(err)
+	}
+	return tn
+}
+
+// New is Start without starting the node: a test calls Start (and, if it
+// fails, Shutdown) itself. The node is shut down in t.Cleanup.
+func New(t testing.TB, o Options) *Node {
+	t.Helper()
 	if o.DataDir == "" {
 		o.DataDir = t.TempDir()
 	}
@@ -161,10 +173,6 @@ func Start(t testing.TB, o Options) *Node {
 	}
 	tn := &Node{Node: n, t: t, Secret: o.Secret, APIKey: o.APIKey, DataDir: o.DataDir,
 		Backend: o.Backend, Mongo: o.Mongo, Redis: o.Redis, Bindings: cfg.Bindings}
-	if err := n.Start(context.Background()); err != nil {
-		_ = n.Shutdown(context.Background())
-		t.Fatal(err)
-	}
 	t.Cleanup(tn.Stop)
 	return tn
 }

@@ -440,7 +440,6 @@ func (p *Peer) dropLocked(users []string, all bool) {
 	}
 	if p.sess.announced {
 		p.sess = session{number: p.c.nextSession(), prev: p.sess.number, gapUsers: p.sess.gapUsers, gapAll: p.sess.gapAll}
-		p.c.m.gaps.Inc()
 	}
 	p.next = 1
 	p.completedLocked(dropped)

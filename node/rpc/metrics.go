@@ -18,6 +18,7 @@ type clientMetrics struct {
 	inFlight prometheus.Gauge
 	queued   prometheus.Gauge
 	streams  prometheus.Counter
+	ackLate  prometheus.Counter
 }
 
 func newClientMetrics(reg prometheus.Registerer) (*clientMetrics, error) {
@@ -35,7 +36,7 @@ func newClientMetrics(reg prometheus.Registerer) (*clientMetrics, error) {
 			Name: "herald_rpc_deliveries_dropped_total", Help: "Deliveries dropped because their peer held too many (QueueLen, QueueBytes); the peer recovers them from the store.",
 		}),
 		gaps: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "herald_rpc_sessions_with_gap_total", Help: "Delivery sessions started after deliveries were dropped; each makes its receiver resync the users concerned.",
+			Name: "herald_rpc_sessions_with_gap_total", Help: "Delivery sessions opened that report dropped deliveries (or a forgotten earlier session); each makes its receiver resync the users concerned.",
 		}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "herald_rpc_batch_deliveries", Help: "Deliveries per batch sent.",
@@ -50,9 +51,12 @@ func newClientMetrics(reg prometheus.Registerer) (*clientMetrics, error) {
 		streams: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_rpc_streams_opened_total", Help: "Deliver streams opened (a rising rate means reconnects).",
 		}),
+		ackLate: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_rpc_ack_timeouts_total", Help: "Deliver streams cut because a batch was not acked within AckTimeout (the peer froze or the network stalled); their batches are sent again.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.sent, m.acked, m.resent, m.dropped, m.gaps, m.batch, m.inFlight, m.queued, m.streams} {
+		for _, c := range []prometheus.Collector{m.sent, m.acked, m.resent, m.dropped, m.gaps, m.batch, m.inFlight, m.queued, m.streams, m.ackLate} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("rpc: register client metrics: %w", err)
 			}

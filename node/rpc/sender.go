@@ -187,6 +187,9 @@ func (s *sender) open() error {
 	}
 	// The session header goes first; then what is unacked, again.
 	p.mu.Lock()
+	if !p.sess.announced && (p.sess.gapAll || len(p.sess.gapUsers) > 0 || p.sess.prev != 0) {
+		s.m.gaps.Inc()
+	}
 	p.sess.announced = true
 	st.session = p.sess.number
 	hdr := &rpcpb.Session{
@@ -492,6 +495,7 @@ func (s *sender) teardown(err error) {
 		s.log.Debug("rpc deliver stream cut for a new session")
 		return
 	case errors.Is(cause, errAckDeadline):
+		s.m.ackLate.Inc()
 		reason = fmt.Errorf("%w: %s did not ack within %v", ErrAckTimeout, s.p.addr, s.cfg.AckTimeout)
 	case err == nil || errors.Is(err, io.EOF):
 		reason = s.streamError(st.err)

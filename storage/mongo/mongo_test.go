@@ -156,3 +156,15 @@ func TestExpiredHolderReplaced(t *testing.T) {
 		t.Fatalf("sweep after replacement: %d, %v; want 0 (the holder was deleted by Append)", n, err)
 	}
 }
+
+func TestServerTime(t *testing.T) {
+	t.Parallel()
+	s := newShared(t)
+	got, err := s.ServerTime(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(got); d > 5*time.Second || d < -5*time.Second {
+		t.Fatalf("server time %v is %v from ours (same machine)", got, d)
+	}
+}

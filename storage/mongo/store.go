@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	mongodriver "go.mongodb.org/mongo-driver/v2/mongo"
@@ -228,4 +229,24 @@ func (s *Messages) Close() error {
 		return fmt.Errorf("mongo: close: %w", err)
 	}
 	return nil
+}
+
+// ServerTime returns the server's clock (the hello command's localTime),
+// so a node can measure its own clock against it.
+func (s *Messages) ServerTime(ctx context.Context) (time.Time, error) {
+	if s.closed.Load() {
+		return time.Time{}, fmt.Errorf("mongo: server time: %w", storage.ErrClosed)
+	}
+	ctx, cancel := s.opContext(ctx)
+	defer cancel()
+	var reply struct {
+		LocalTime time.Time `bson:"localTime"`
+	}
+	if err := s.client.Database("admin").RunCommand(ctx, bson.D{{Key: "hello", Value: 1}}).Decode(&reply); err != nil {
+		return time.Time{}, wrap("server time", err)
+	}
+	if reply.LocalTime.IsZero() {
+		return time.Time{}, fmt.Errorf("mongo: server time: %w: hello has no localTime", storage.ErrUnavailable)
+	}
+	return reply.LocalTime, nil
 }

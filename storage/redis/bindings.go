@@ -446,3 +446,16 @@ func (b *Bindings) checkUsers(n storage.Node, users []string) error {
 	}
 	return nil
 }
+
+// ServerTime returns the server's clock (TIME), so a node can measure its
+// own clock against it.
+func (b *Bindings) ServerTime(ctx context.Context) (time.Time, error) {
+	if b.closed.Load() {
+		return time.Time{}, fmt.Errorf("redis: server time: %w", storage.ErrClosed)
+	}
+	t, err := b.client.Time(ctx).Result()
+	if err != nil {
+		return time.Time{}, b.wrapErr(err, "server time")
+	}
+	return t, nil
+}

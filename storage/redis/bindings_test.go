@@ -339,3 +339,15 @@ func TestInvalidArguments(t *testing.T) {
 		t.Fatalf("rejected bind wrote %v", got)
 	}
 }
+
+func TestServerTime(t *testing.T) {
+	t.Parallel()
+	b := mustNew(t, testConfig(redistest.Shared(t).URL()))
+	got, err := b.ServerTime(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(got); d > 5*time.Second || d < -5*time.Second {
+		t.Fatalf("server time %v is %v from ours (same machine)", got, d)
+	}
+}

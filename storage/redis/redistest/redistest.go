@@ -42,6 +42,7 @@
 package redistest
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -52,6 +53,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // EnvURL names the environment variable that points [Shared] at an external
@@ -88,6 +92,21 @@ func (s *Server) Stop() {
 		s.t.Fatal("redistest: Stop on a shared or external server; use redistest.Start(t) for a server of your own")
 	}
 	s.proc.stop()
+}
+
+// FlushAll empties the server (FLUSHALL), as an operator's mistake or a
+// restart without persistence would, while it keeps running. Only a
+// server from [Start] can be flushed.
+func (s *Server) FlushAll() error {
+	s.t.Helper()
+	if !s.own {
+		s.t.Fatal("redistest: FlushAll on a shared or external server; use redistest.Start(t) for a server of your own")
+	}
+	c := goredis.NewClient(&goredis.Options{Addr: s.addr})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.FlushAll(ctx).Err()
 }
 
 // Start starts a new, empty redis-server on the same port and waits until
