@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 
 	mongodriver "go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/x/mongo/driver"
@@ -74,6 +75,12 @@ func unavailable(err error) bool {
 			if se.HasErrorCode(int(code)) {
 				return true
 			}
+		}
+		// FerretDB 1.x reports maxTimeMS expiring as an InternalError
+		// (code 1) naming its handler, not as MaxTimeMSExpired.
+		var ce mongodriver.CommandError
+		if errors.As(err, &ce) && ce.Code == 1 && strings.Contains(ce.Message, "MaxTimeMS") {
+			return true
 		}
 	}
 	return false

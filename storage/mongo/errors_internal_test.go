@@ -35,6 +35,8 @@ func TestWrapClassifies(t *testing.T) {
 		{"bad credentials", topology.ConnectionError{Wrapped: &auth.Error{}}, nil},
 		{"duplicate", mongodriver.WriteException{WriteErrors: []mongodriver.WriteError{{Code: 11000}}}, nil},
 		{"bad query", mongodriver.CommandError{Code: 2, Message: "bad value"}, nil},
+		{"ferretdb maxTimeMS", mongodriver.CommandError{Code: 1, Message: "[msg_find.go:344 handler.handleMaxTimeMSError] [collection.go:94 sqlite.(*collection).Query] interrupted (9)"}, storage.ErrUnavailable},
+		{"internal error", mongodriver.CommandError{Code: 1, Message: "something broke"}, nil},
 	} {
 		got := wrap("op", tc.err)
 		if !strings.Contains(got.Error(), tc.err.Error()) && tc.want != storage.ErrClosed {
