@@ -110,6 +110,11 @@ type Config struct {
 	// that falls further behind is closed with CloseSlowConsumer; what it
 	// missed stays in the store for replay.
 	WriteQueueBytes int
+	// SendBufferBytes, when positive, caps each connection's kernel send
+	// buffer (SO_SNDBUF; the kernel doubles it for its bookkeeping). The
+	// kernel otherwise grows it to megabytes for a client that does not
+	// read, beyond WriteQueueBytes; 0 keeps the kernel's default.
+	SendBufferBytes int
 	// Workers is the number of goroutines that handle readable connections.
 	Workers int
 	// ReadBufferBytes is the size of each worker's read buffer.
@@ -125,6 +130,10 @@ type Config struct {
 	// connections wait their turn, holding nothing but their place in
 	// line. Replays do not hold handshake slots.
 	ReplayWorkers int
+	// ReplayRetryFor is how long a replay keeps reading a page again, with
+	// backoff, while the store fails it (down, or too busy to answer in
+	// time) before the connection is closed with CloseReplayFailed.
+	ReplayRetryFor time.Duration
 	// MaxSeen bounds the message IDs a client may list in seen= (or in a
 	// resume frame): the messages above its cursor it already has.
 	MaxSeen int
@@ -197,6 +206,9 @@ func DefaultConfig() Config {
 		// busy after a reconnect storm, few enough that their pages (at
 		// most WriteQueueBytes/4 each) stay small in all.
 		ReplayWorkers: 64,
+		// A store failover (about 10 s on a replica set) is ridden out
+		// without sending every replaying client back to reconnect.
+		ReplayRetryFor: 30 * time.Second,
 		// A client's cursor lags a few seconds at most; 128 IDs cover a
 		// user receiving dozens of messages a second and fit a URL.
 		MaxSeen: 128,
@@ -241,8 +253,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("edge config: ReadBufferBytes %d is below 512", c.ReadBufferBytes)
 	case c.ReplayPage < 1:
 		return errors.New("edge config: ReplayPage must be at least 1")
+	case c.SendBufferBytes < 0:
+		return errors.New("edge config: SendBufferBytes must not be negative")
 	case c.ReplayWorkers < 1:
 		return errors.New("edge config: ReplayWorkers must be at least 1")
+	case c.ReplayRetryFor < 0:
+		return errors.New("edge config: ReplayRetryFor must not be negative")
 	case c.MaxSeen < 0 || c.MaxSeen > 4096:
 		return errors.New("edge config: MaxSeen must be between 0 and 4096")
 	case c.ResyncTimeout <= 0:

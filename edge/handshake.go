@@ -179,6 +179,11 @@ func (s *Server) open(nc net.Conn, early []byte, id Identity, rq resumeQuery) {
 		_ = nc.Close()
 		return
 	}
+	if n := s.cfg.SendBufferBytes; n > 0 {
+		if err := sysSetSendBuffer(fd, n); err != nil {
+			s.log.Debug("capping the socket send buffer failed", "err", err)
+		}
+	}
 	c := &Conn{srv: s, nc: keep, fd: fd, gen: s.gen.Add(1), user: id.User, slot: -1}
 	if !id.Expires.IsZero() {
 		c.expires = uint32(min(id.Expires.Unix(), 1<<32-1))

@@ -22,8 +22,10 @@ type metrics struct {
 	broadcast     prometheus.Histogram
 	replayQueued  prometheus.Gauge
 	replayRunning prometheus.Gauge
+	replayLimit   prometheus.Gauge
 	resyncs       prometheus.Counter
 	noCursor      prometheus.Counter
+	replayRetries prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -64,8 +66,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		replayRunning: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_edge_replays_running", Help: "Replay pages being read from the store.",
 		}),
+		replayLimit: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_edge_replay_concurrency",
+			Help: "Replay pages allowed to be read at once: ReplayWorkers, halved each time the store fails a page, back up by one per page read.",
+		}),
 		resyncs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_edge_resyncs_total", Help: "Connections asked to resync (resume in place).",
+		}),
+		replayRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_edge_replay_retries_total", Help: "Replay pages read again after the store failed them (down or too busy), within ReplayRetryFor.",
 		}),
 		noCursor: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "herald_edge_ready_without_cursor_total", Help: "Ready frames whose cursor is the connect time because the node had none yet.",
@@ -77,8 +86,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.connections, m.handshakes, m.closes, m.framesIn, m.bytesIn,
-			m.bytesOut, m.delivered, m.acks, m.slowConsumers, m.replayed, m.broadcast, m.replayQueued, m.replayRunning,
-			m.resyncs, m.noCursor} {
+			m.bytesOut, m.delivered, m.acks, m.slowConsumers, m.replayed, m.broadcast, m.replayQueued, m.replayRunning, m.replayLimit,
+			m.resyncs, m.noCursor, m.replayRetries} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register edge metrics: %w", err)
 			}

@@ -3,9 +3,12 @@ package edge
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldpush/herald/storage"
 )
@@ -31,6 +34,7 @@ const (
 	jobQueued                   // waiting for a worker
 	jobRunning                  // a worker is reading a page
 	jobDraining                 // waiting for the client to take what was queued
+	jobRetrying                 // the store failed; the page is read again after a pause
 )
 
 // replayJob is a connection's replay in progress; it exists only while one
@@ -44,7 +48,9 @@ type replayJob struct {
 	n        int                 // messages replayed
 	recent   map[string]struct{} // replayed IDs created after cutoff (see Conn.recent)
 	cutoff   time.Time
-	deadline uint32 // server clock: the client must answer (asked) or drain (draining) by then
+	deadline uint32        // server clock: the client must answer (asked) or drain (draining) by then
+	failing  time.Time     // when the store first failed this replay (retried until ReplayRetryFor)
+	backoff  time.Duration // the last wait before a retry
 
 	waiters []*Resync // resyncs this job completes
 	again   []*Resync // resyncs asked while this job ran: they need one more
@@ -189,6 +195,13 @@ func (s *Server) pageBytes() int { return max(s.cfg.WriteQueueBytes/4, 1) }
 
 // replayPool is the FIFO of connections whose replay waits for a worker,
 // and the workers. A connection is in it at most once (its job is queued).
+//
+// How many pages are read at once adapts to the store, as a TCP sender's
+// window does: up to ReplayWorkers, halved each time the store fails a
+// page (down, or too slow to answer in time), and back up by one for
+// each page it serves. A struggling store then gets fewer, cheaper
+// queries, and each finishes, instead of every replay timing out and
+// starting over.
 type replayPool struct {
 	mu     sync.Mutex
 	q      []*Conn
@@ -197,24 +210,78 @@ type replayPool struct {
 	closed bool
 	wg     sync.WaitGroup
 	queued atomic.Int64
+
+	gate   *sync.Cond // on mu: waits while active >= limit
+	max    int
+	limit  int
+	active int
+	gauge  prometheus.Gauge
 }
 
 func (p *replayPool) start(s *Server) {
 	p.wake = make(chan struct{}, s.cfg.ReplayWorkers)
+	p.gate = sync.NewCond(&p.mu)
+	p.max, p.limit, p.gauge = s.cfg.ReplayWorkers, s.cfg.ReplayWorkers, s.metrics.replayLimit
+	p.gauge.Set(float64(p.limit))
 	p.wg.Add(s.cfg.ReplayWorkers)
 	for range s.cfg.ReplayWorkers {
 		go func() {
 			defer p.wg.Done()
 			for {
 				c, ok := p.pop()
-				if !ok {
+				if !ok || !p.enter() {
 					return
 				}
 				s.metrics.replayQueued.Set(float64(p.queued.Load()))
 				s.replayPage(c)
+				p.leave()
 			}
 		}()
 	}
+}
+
+// enter waits until one more page may be read; false once the pool is
+// closed.
+func (p *replayPool) enter() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.active >= p.limit && !p.closed {
+		p.gate.Wait()
+	}
+	if p.closed {
+		return false
+	}
+	p.active++
+	return true
+}
+
+func (p *replayPool) leave() {
+	p.mu.Lock()
+	p.active--
+	p.mu.Unlock()
+	p.gate.Signal()
+}
+
+// served records a page the store served: one more may run at once.
+func (p *replayPool) served() {
+	p.mu.Lock()
+	grew := p.limit < p.max
+	if grew {
+		p.limit++
+		p.gauge.Set(float64(p.limit))
+	}
+	p.mu.Unlock()
+	if grew {
+		p.gate.Signal()
+	}
+}
+
+// failed records a page the store failed: half as many run at once.
+func (p *replayPool) failed() {
+	p.mu.Lock()
+	p.limit = max(p.limit/2, 1)
+	p.gauge.Set(float64(p.limit))
+	p.mu.Unlock()
 }
 
 func (p *replayPool) push(c *Conn) {
@@ -271,6 +338,7 @@ func (p *replayPool) stop() {
 	p.mu.Unlock()
 	if p.wake != nil {
 		close(p.wake)
+		p.gate.Broadcast()
 	}
 	p.wg.Wait()
 }
@@ -301,6 +369,9 @@ func (s *Server) replayPage(c *Conn) {
 		err = errReplayStopped
 	}
 	if err != nil {
+		if s.ctx.Err() == nil && s.retryLater(c, j, err) {
+			return
+		}
 		if s.ctx.Err() == nil {
 			s.log.Warn("replay failed", "user", c.user, "after", after, "err", err)
 			s.metrics.closes.WithLabelValues(CloseReplayFailed.String()).Inc()
@@ -308,6 +379,10 @@ func (s *Server) replayPage(c *Conn) {
 		c.fail(&closeError{CloseReplayFailed, "replay failed; reconnect later"})
 		return
 	}
+	s.replays.served()
+	c.mu.Lock()
+	j.failing = time.Time{}
+	c.mu.Unlock()
 	frames := make([]*Frame, 0, len(msgs))
 	for _, m := range msgs {
 		if m.ID == j.since {
@@ -353,6 +428,46 @@ func (s *Server) replayPage(c *Conn) {
 		j.deadline = s.now() + uint32(s.cfg.PingInterval/time.Millisecond)
 		s.draining.add(c, j.deadline)
 	}
+}
+
+// retryLater reads the page again after a pause when the store failed
+// with a transient error (it is down, or too busy to answer in time),
+// for up to ReplayRetryFor: closing the connection (and so making the
+// client reconnect and replay from scratch) would only add load to a
+// store that is struggling. It reports whether it will.
+func (s *Server) retryLater(c *Conn, j *replayJob, err error) bool {
+	if !errors.Is(err, storage.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	s.replays.failed()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen || c.job != j {
+		return true // gone anyway
+	}
+	now := time.Now()
+	if j.failing.IsZero() {
+		j.failing = now
+	}
+	if now.Sub(j.failing) > s.cfg.ReplayRetryFor {
+		return false
+	}
+	j.backoff = min(max(2*j.backoff, 100*time.Millisecond), 5*time.Second)
+	j.phase = jobRetrying
+	s.metrics.replayRetries.Inc()
+	wait := j.backoff/2 + time.Duration(rand.Int64N(int64(j.backoff/2)+1))
+	time.AfterFunc(wait, func() {
+		c.mu.Lock()
+		again := c.state == stateOpen && c.job == j && j.phase == jobRetrying
+		if again {
+			j.phase = jobQueued
+		}
+		c.mu.Unlock()
+		if again {
+			s.replays.push(c)
+		}
+	})
+	return true
 }
 
 // finishJobLocked ends c's replay: the ready frame, then the held live

@@ -359,3 +359,97 @@ func (g *gatedSettle) Settle(ctx context.Context, user string) string {
 	}
 	return g.recorder.Settle(ctx, user)
 }
+
+// A store that fails for a while (down, too busy) makes the replay wait
+// and read the page again, not close the connection.
+func TestReplayRetriesWhileTheStoreFails(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{err: fmt.Errorf("overloaded: %w", storage.ErrUnavailable)}
+	var calls atomic.Int32
+	store.onReplay = func(storage.ReplayQuery) {
+		if calls.Add(1) == 3 {
+			store.mu.Lock()
+			store.err = nil
+			store.mu.Unlock()
+		}
+	}
+	e := startEdge(t, false, func(c *Config) { c.Replayer = store })
+	ids := storage.NewIDGenerator(nil)
+	got := storeFor(store, ids, "alice", 2, 10)
+	c := dialWS(t, e, "alice", "since="+storage.PrevID(got[0])+"&seen=")
+	for _, want := range got {
+		if f := c.expectType("message"); f.ID != want {
+			t.Fatalf("got %s, want %s", f.ID, want)
+		}
+	}
+	c.expectType("ready")
+	if n := testutil.ToFloat64(e.srv.metrics.replayRetries); n < 2 {
+		t.Fatalf("%v retries, want the failed pages read again", n)
+	}
+}
+
+// With the kernel's send buffer capped, a client that does not read is
+// closed as a slow consumer once about WriteQueueBytes is queued for it,
+// not after megabytes sit in the kernel.
+func TestSendBufferCapMakesSlowConsumersVisible(t *testing.T) {
+	t.Parallel()
+	e := startEdge(t, false, func(c *Config) { c.WriteQueueBytes = 128 << 10; c.SendBufferBytes = 16 << 10 })
+	r := dialRawQuery(t, e, "sleepy", "", 4096)
+	eventually(t, 5*time.Second, "the client to register", func() bool { return e.srv.Online("sleepy") })
+	ids := storage.NewIDGenerator(nil)
+	data := json.RawMessage(fmt.Sprintf("%q", strings.Repeat("z", 8<<10)))
+	sent := 0
+	for ; sent < 200 && testutil.ToFloat64(e.srv.metrics.slowConsumers) == 0; sent++ { // 1.6 MB at most
+		id, at := ids.Next()
+		e.srv.Deliver(EncodeMessage(id, data, at, ""), "sleepy")
+	}
+	if sent == 200 {
+		t.Fatalf("1.6 MB queued for a client that reads nothing and it is still open")
+	}
+	if sent*(8<<10) > 512<<10 {
+		t.Fatalf("the slow consumer was closed after %d KB, want about the 128 KiB queue plus the capped buffers", sent*8)
+	}
+	r.expectClose(CloseSlowConsumer)
+}
+
+// While the store fails pages, fewer are read at once (halved per
+// failure, down to one); once it serves them again, the concurrency grows
+// back, one per page, to ReplayWorkers.
+func TestReplayConcurrencyAdaptsToTheStore(t *testing.T) {
+	t.Parallel()
+	store := &fakeStore{err: fmt.Errorf("overloaded: %w", storage.ErrUnavailable)}
+	var calls atomic.Int32
+	var e *testEdge
+	limit := func() float64 { return testutil.ToFloat64(e.srv.metrics.replayLimit) }
+	var atRecovery atomic.Value // the concurrency when the store recovers
+	store.onReplay = func(storage.ReplayQuery) {
+		if calls.Add(1) == 4 {
+			atRecovery.Store(limit())
+			store.mu.Lock()
+			store.err = nil
+			store.mu.Unlock()
+		}
+	}
+	e = startEdge(t, false, func(c *Config) { c.Replayer = store; c.ReplayWorkers = 8; c.ReplayPage = 1 })
+	if l := limit(); l != 8 {
+		t.Fatalf("concurrency %v before any replay, want ReplayWorkers (8)", l)
+	}
+	ids := storage.NewIDGenerator(nil)
+	got := storeFor(store, ids, "alice", 12, 10)
+	c := dialWS(t, e, "alice", "since="+storage.PrevID(got[0])+"&seen=")
+	first := c.expectType("message")
+	if first.ID != got[0] {
+		t.Fatalf("got %s, want %s", first.ID, got[0])
+	}
+	// Three pages failed: 8 -> 4 -> 2 -> 1.
+	if l := atRecovery.Load(); l != 1.0 {
+		t.Fatalf("concurrency %v after three failed pages, want 1", l)
+	}
+	for _, want := range got[1:] {
+		if f := c.expectType("message"); f.ID != want {
+			t.Fatalf("got %s, want %s", f.ID, want)
+		}
+	}
+	c.expectType("ready")
+	eventually(t, 5*time.Second, "the concurrency to grow back", func() bool { return limit() == 8 })
+}

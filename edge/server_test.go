@@ -330,7 +330,7 @@ func TestReplayWindowIncludesRecentEarlierMessages(t *testing.T) {
 func TestReplayFailureClosesWithRetryCode(t *testing.T) {
 	t.Parallel()
 	store := &fakeStore{err: storage.ErrUnavailable}
-	e := startEdge(t, false, func(c *Config) { c.Replayer = store })
+	e := startEdge(t, false, func(c *Config) { c.Replayer = store; c.ReplayRetryFor = 300 * time.Millisecond })
 	c := dialWS(t, e, "alice", "since="+storage.IDAt(time.Now()))
 	c.expectClose(CloseReplayFailed)
 	if !CloseReplayFailed.Reconnect() {

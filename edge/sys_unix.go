@@ -63,3 +63,8 @@ func sysPeerAddr(fd int) net.Addr {
 	}
 	return nil
 }
+
+// sysSetSendBuffer caps the kernel's send buffer of a socket.
+func sysSetSendBuffer(fd, n int) error {
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, n)
+}

@@ -12,16 +12,19 @@
 //   });
 //   h.connect();   ...   h.close();
 //
-// It resumes after every disconnect with since=<last id seen, or the
-// cursor of the last "ready" frame if later>, drops
-// messages it has already seen (replay may repeat a few), acks each
-// message after onMessage returns, and backs off with jitter. Close codes
+// It keeps its resume position the way the protocol asks (PROTOCOL.md,
+// "Resuming"): the last cursor the server sent, and the IDs of the
+// messages received above it. It reconnects with since=<cursor>&seen=<ids>
+// and answers a "resync" frame with the same, so the server sends exactly
+// what it lacks. It drops repeated IDs all the same, acks each message
+// after onMessage returns, and backs off with jitter. Close codes
 // 4000-4399 mean "reconnect"; 4400-4999 and protocol errors stop it.
 (function (root) {
   "use strict";
 
   const SUBPROTOCOL = "herald.v1";
-  const SEEN_MAX = 2048;
+  const SEEN_MAX = 2048; // IDs remembered to drop repeats
+  const SEEN_SEND = 100; // IDs above the cursor sent when resuming
 
   class Herald {
     constructor(opts) {
@@ -34,7 +37,8 @@
       this.getToken = opts.getToken;
       this.onMessage = opts.onMessage || function () {};
       this.onState = opts.onState || function () {};
-      this.lastId = opts.since || "";
+      this.cursor = opts.since || ""; // resume position: the last cursor received
+      this.above = []; // IDs received above the cursor
       this.seen = new Set();
       this.seenOrder = [];
       this.attempt = 0;
@@ -64,7 +68,10 @@
       }
       const target = new URL(base || this.url, location.href);
       this.hint = null;
-      if (this.lastId) target.searchParams.set("since", this.lastId);
+      if (this.cursor) {
+        target.searchParams.set("since", this.cursor);
+        target.searchParams.set("seen", this.above.slice(-SEEN_SEND).join(","));
+      }
       const ws = new WebSocket(target.toString(), [SUBPROTOCOL, "bearer." + token]);
       this.ws = ws;
       this.onState("connecting", { url: target.origin + target.pathname });
@@ -84,15 +91,25 @@
       switch (f.type) {
         case "ready":
           this.attempt = 0;
-          // Resume from here even if no message arrives before a disconnect.
-          if (f.cursor && f.cursor > this.lastId) this.lastId = f.cursor;
+          this.advance(f.cursor);
           this.startHeartbeat();
           this.onState("open", { user: f.user, node: f.node, replayed: f.replayed });
           break;
+        case "resync":
+          // The server may have missed deliveries for us: say where we are.
+          this.send({ type: "resume", since: this.cursor || undefined, seen: this.above.slice(-SEEN_SEND) });
+          break;
         case "message":
-          if (this.seen.has(f.id)) break; // a replay may repeat recent messages
+          this.advance(f.cursor);
+          if (this.seen.has(f.id)) {
+            this.send({ type: "ack", id: f.id }); // a repeat: dropped, acked again
+            break;
+          }
           this.remember(f.id);
-          if (f.id > this.lastId) this.lastId = f.id;
+          if (f.id > this.cursor) {
+            this.above.push(f.id);
+            if (this.above.length > SEEN_MAX) this.above.shift(); // only the newest are sent
+          }
           try {
             this.onMessage({ id: f.id, data: f.data, ts: f.ts });
           } finally {
@@ -120,6 +137,14 @@
       } catch (e) {
         return null;
       }
+    }
+
+    // advance moves the resume position to cursor, if it is later, and
+    // forgets the IDs it now covers.
+    advance(cursor) {
+      if (!cursor || cursor <= this.cursor) return;
+      this.cursor = cursor;
+      this.above = this.above.filter((id) => id > cursor);
     }
 
     remember(id) {

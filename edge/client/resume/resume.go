@@ -61,6 +61,9 @@ func (s *State) Message(id, cursor string) bool {
 	}
 	if id > s.cursor {
 		s.seen = append(s.seen, id)
+		if len(s.seen) > remember { // a cursor held back for long: only the newest are sent
+			s.seen = slices.Delete(s.seen, 0, len(s.seen)-remember)
+		}
 	}
 	return true
 }
