@@ -92,6 +92,9 @@ type Config struct {
 	// as memberlist.MockNetwork). Gossip owns it from Start on and shuts
 	// it down; a restarted node needs a new one.
 	Transport memberlist.NodeAwareTransport
+	// WrapTransport, if set, wraps the UDP/TCP transport gossip creates
+	// (when Transport is not set): fault drills drop traffic with it.
+	WrapTransport func(memberlist.NodeAwareTransport) memberlist.NodeAwareTransport
 	// Logger receives the package's logs, and memberlist's at debug level;
 	// nil discards them.
 	Logger *slog.Logger

@@ -204,6 +204,9 @@ func (g *Gossip) createLocked() error {
 			return fmt.Errorf("gossip: listen on %s: %w", net.JoinHostPort(mc.BindAddr, fmt.Sprint(mc.BindPort)), err)
 		}
 		mc.Transport = nt
+		if g.cfg.WrapTransport != nil {
+			mc.Transport = g.cfg.WrapTransport(nt)
+		}
 	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {

@@ -211,7 +211,7 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ID: id, To: p.to, Broadcast: p.broadcast, Data: p.data, Key: p.key,
 		CreatedAt: at, ExpiresAt: at.Add(p.ttl),
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), appendTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), n.cfg.AppendTimeout)
 	defer cancel()
 	start := time.Now()
 	stored, err := n.cfg.Messages.Append(ctx, m)
@@ -263,9 +263,6 @@ func (c *collector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // maxEnvelopeBytes is what a POST body may hold beyond its data:
 // recipients (up to MaxRecipients IDs), ttl and key.
 const maxEnvelopeBytes = 1 << 20
-
-// appendTimeout bounds one store write for a POST.
-const appendTimeout = 10 * time.Second
 
 func (n *Node) apiKeyOK(r *http.Request) bool {
 	h := r.Header.Get("Authorization")

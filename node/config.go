@@ -118,9 +118,13 @@ type Config struct {
 	// queue makes POSTs wait (they are already durable) until there is
 	// room: nothing accepted is skipped.
 	DispatchQueue int
+	// AppendTimeout bounds one store write for a POST; past it the POST
+	// answers 503 and the write's outcome is settled in the background.
+	AppendTimeout time.Duration
 	// MaxUnresolved bounds the appends whose outcome was lost (the store
 	// timed out) waiting to be settled with the store; past it POSTs are
-	// refused with 503 before anything is written.
+	// refused with 503 before anything is written. Each holds its message
+	// in memory.
 	MaxUnresolved int
 	// CursorInterval is how often a dispatch node sends its cursor to
 	// every push node (and a collect-only node to every dispatch node),
@@ -219,9 +223,12 @@ func DefaultConfig() Config {
 		SweepInterval:  time.Minute,
 		// About a second of peak traffic for one node.
 		DispatchQueue: 4096,
+		// A healthy store answers in milliseconds; a caller waits no more
+		// than this before it is told to retry.
+		AppendTimeout: 10 * time.Second,
 		// Each is a small message reference; 10,000 ride out a long store
 		// outage at a busy node.
-		MaxUnresolved: 10000,
+		MaxUnresolved: 1000, // at most 1000 x MaxMessageBytes (64 MiB) of data held
 		// Two tiny batches a second per push node and dispatch node.
 		CursorInterval: 500 * time.Millisecond,
 		// Gossip announces a node within a second on a LAN; one more
@@ -305,6 +312,10 @@ func (c *Config) Validate() error {
 		return errors.New("node config: SweepInterval must be positive")
 	case c.DispatchQueue < 1:
 		return errors.New("node config: DispatchQueue must be at least 1")
+	case c.AppendTimeout <= 0:
+		return errors.New("node config: AppendTimeout must be positive")
+	case c.AppendGrace < c.AppendTimeout:
+		return fmt.Errorf("node config: AppendGrace %v must be at least AppendTimeout %v", c.AppendGrace, c.AppendTimeout)
 	case c.MaxUnresolved < 1:
 		return errors.New("node config: MaxUnresolved must be at least 1")
 	case c.LeaseCheckInterval <= 0:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldpush/herald/storage"
@@ -70,6 +71,15 @@ func (r *resolver) start() {
 
 func (r *resolver) run() {
 	defer r.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-r.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	wait := 200 * time.Millisecond
 	for {
 		select {
@@ -82,12 +92,7 @@ func (r *resolver) run() {
 		batch := r.q
 		r.q = nil
 		r.mu.Unlock()
-		var left []*storage.Message
-		for _, m := range batch {
-			if !r.settle(m) {
-				left = append(left, m)
-			}
-		}
+		left := r.pass(ctx, batch)
 		r.mu.Lock()
 		r.q = append(left, r.q...)
 		n := len(r.q)
@@ -101,9 +106,44 @@ func (r *resolver) run() {
 	}
 }
 
+// resolveParallel is how many Resolve calls a pass makes at once: after
+// an outage thousands may wait, and one round trip each in turn would
+// hold the node's cursor back for minutes.
+const resolveParallel = 16
+
+// pass settles what it can of batch, resolveParallel at a time, and
+// returns the rest, in order. It stops at the first failure: the store is
+// still down or overloaded, and asking it about every message in turn,
+// each until its timeout, would only add to its load.
+func (r *resolver) pass(ctx context.Context, batch []*storage.Message) []*storage.Message {
+	settled := make([]bool, len(batch))
+	var failed atomic.Bool
+	for start := 0; start < len(batch) && !failed.Load() && ctx.Err() == nil; start += resolveParallel {
+		end := min(start+resolveParallel, len(batch))
+		var wg sync.WaitGroup
+		for i := start; i < end; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if settled[i] = r.settle(ctx, batch[i]); !settled[i] {
+					failed.Store(true)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	var left []*storage.Message
+	for i, m := range batch {
+		if !settled[i] {
+			left = append(left, m)
+		}
+	}
+	return left
+}
+
 // settle asks the store about m; false means it could not tell yet.
-func (r *resolver) settle(m *storage.Message) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+func (r *resolver) settle(ctx context.Context, m *storage.Message) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	got, err := r.store.Resolve(ctx, m)
 	cancel()
 	switch {

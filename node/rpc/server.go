@@ -373,6 +373,12 @@ func (s *Server) deliver(ctx context.Context, sess *sessionState, b *rpcpb.Deliv
 	first := b.GetFirst()
 	hole := false
 	if len(pds) > 0 {
+		if !sess.started && first > sess.next {
+			// A session this server has not seen (the sender's is older
+			// than this process: the receiver restarted at its address):
+			// nothing here predates it, so it starts where it is.
+			sess.next = first
+		}
 		switch {
 		case first > sess.next:
 			hole = true
