@@ -27,7 +27,10 @@ type cluster struct {
 
 	mu      sync.RWMutex
 	members map[string]gossip.Member // by node ID: the live incarnation
-	gone    map[string]goneMember    // collect-only nodes that left, until forgotten
+	// departing holds the push nodes gossip lost, by ID, until their
+	// DepartGrace ends or they are back (Departing).
+	departing map[string]gossip.Member
+	gone      map[string]goneMember // collect-only nodes that left, until forgotten
 
 	done chan struct{}
 }
@@ -40,7 +43,8 @@ type goneMember struct {
 }
 
 func newCluster(n *Node) (*cluster, error) {
-	c := &cluster{n: n, members: make(map[string]gossip.Member), gone: make(map[string]goneMember), done: make(chan struct{})}
+	c := &cluster{n: n, members: make(map[string]gossip.Member), departing: make(map[string]gossip.Member),
+		gone: make(map[string]goneMember), done: make(chan struct{})}
 	var err error
 	if c.ring, err = ring.New(n.cfg.Ring); err != nil {
 		return nil, err
@@ -137,6 +141,7 @@ func (c *cluster) apply(ev gossip.Event) {
 	switch ev.Type {
 	case gossip.Join, gossip.Update:
 		c.members[m.ID] = m // a restarted node's new incarnation replaces the old one
+		delete(c.departing, m.ID)
 		delete(c.gone, m.ID+"/"+m.Incarnation)
 		if known && cur.Incarnation != m.Incarnation {
 			c.retireLocked(cur)
@@ -145,6 +150,9 @@ func (c *cluster) apply(ev gossip.Event) {
 	case gossip.Leave:
 		if known && cur.Incarnation == m.Incarnation {
 			delete(c.members, m.ID)
+			if m.HasRole(string(RolePush)) && m.ID != c.n.self.ID {
+				c.departing[m.ID] = m
+			}
 		}
 		c.retireLocked(m)
 		c.goneLocked(m)
@@ -263,6 +271,9 @@ func (c *cluster) retireLocked(m gossip.Member) {
 // retire does what retireLocked deferred, unless m is a member again.
 func (c *cluster) retire(m gossip.Member) {
 	c.mu.Lock()
+	if d, ok := c.departing[m.ID]; ok && d.Incarnation == m.Incarnation {
+		delete(c.departing, m.ID)
+	}
 	cur, ok := c.members[m.ID]
 	if ok && cur.Incarnation == m.Incarnation {
 		c.mu.Unlock()
@@ -319,6 +330,20 @@ func (c *cluster) PushNodes() []string {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.routableLocked()
+}
+
+// Departing implements membership.
+func (c *cluster) Departing() []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ids := make([]string, 0, len(c.departing))
+	for id := range c.departing {
+		if _, back := c.members[id]; !back {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids
 }
 
 // IsPush implements membership.

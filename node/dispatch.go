@@ -244,7 +244,7 @@ func (d *dispatcher) route(batch []queued) {
 		}
 		if m.Broadcast {
 			if push == nil {
-				push = d.members.PushNodes()
+				push = everyPushNode(d.members) // a departing node may come back: it waits for it
 			}
 			for _, id := range push {
 				if id != d.self {

@@ -14,11 +14,31 @@ import (
 type membership interface {
 	// PushNodes returns the IDs of the live push nodes, sorted.
 	PushNodes() []string
+	// Departing returns the IDs of push nodes gossip lost within the
+	// departure grace (DepartGrace), sorted: they may be only slow or cut
+	// off, and come back with their connections. What must reach every
+	// push node (a broadcast, a fan-out) goes to them too, and waits for
+	// them as for a node not announced yet, so that one that comes back
+	// gets it, or recovers it from the store. (After the grace their RPC
+	// sessions are closed, and one that comes back recovers everything.)
+	Departing() []string
 	// IsPush reports whether node id is a live push node; known is false
 	// when gossip has not announced it (yet).
 	IsPush(id string) (push, known bool)
 	// Owner returns user's ring owner among the live push nodes.
 	Owner(user string) (string, bool)
+}
+
+// everyPushNode lists the push nodes that must get what goes to all: the
+// live ones and the departing ones.
+func everyPushNode(m membership) []string {
+	ids := m.PushNodes()
+	for _, id := range m.Departing() {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // locator finds the push nodes of a batch's recipients.
@@ -32,8 +52,9 @@ type membership interface {
 //     steered, marked guessed: bindings can lag behind a connect, and the
 //     owner delivers if it holds the user (a miss there is not looked up
 //     again);
-//   - when the binding store cannot answer, every live push node gets
-//     every recipient, guessed: only a node that holds a user delivers.
+//   - when the binding store cannot answer, every push node (live or
+//     departing) gets every recipient, guessed: only a node that holds a
+//     user delivers.
 type locator struct {
 	self     string
 	bindings storage.Bindings
@@ -72,7 +93,7 @@ func (l *locator) locate(users []string) route {
 		if l.onLookupError != nil {
 			l.onLookupError(err)
 		}
-		for _, id := range l.members.PushNodes() {
+		for _, id := range everyPushNode(l.members) {
 			if id != l.self {
 				r.fanout = append(r.fanout, id)
 			}

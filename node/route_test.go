@@ -15,12 +15,15 @@ import (
 
 // fixedMembers is a membership that a transcript sets.
 type fixedMembers struct {
-	push  []string
-	other []string          // known members without the push role
-	ring  map[string]string // user -> ring owner
+	push      []string
+	departing []string
+	other     []string          // known members without the push role
+	ring      map[string]string // user -> ring owner
 }
 
 func (f *fixedMembers) PushNodes() []string { return slices.Clone(f.push) }
+
+func (f *fixedMembers) Departing() []string { return slices.Clone(f.departing) }
 
 func (f *fixedMembers) IsPush(id string) (bool, bool) {
 	if slices.Contains(f.push, id) {
@@ -38,7 +41,8 @@ func (f *fixedMembers) Owner(user string) (string, bool) {
 // locator over a real (in-memory) binding store and a membership the
 // transcript sets.
 //
-//	members self=a push=a,b,c [other=d]   the cluster as gossip sees it
+//	members self=a push=a,b,c [other=d] [departing=e]
+//	                                      the cluster as gossip sees it
 //	ring u1=b u2=c                        ring owners
 //	bind <node> u1 u2 ...                 <node> binds users (leasing first)
 //	lease-lost <node>                     <node>'s lease is gone (it died)
@@ -71,7 +75,7 @@ func TestRouteTranscripts(t *testing.T) {
 				case "members":
 					kv := keyValues(c.args)
 					l.self = kv["self"][0]
-					members.push, members.other = kv["push"], kv["other"]
+					members.push, members.other, members.departing = kv["push"], kv["other"], kv["departing"]
 				case "ring":
 					for u, o := range keyValues(c.args) {
 						members.ring[u] = o[0]
