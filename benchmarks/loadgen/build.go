@@ -14,6 +14,7 @@ import (
 // Binaries are the programs a run starts, built from the repository.
 type Binaries struct {
 	Herald   string // cmd/herald
+	Chaos    string // cmd/herald built with -tags chaos (fault drills)
 	DevMongo string // cmd/herald-devmongo (cluster)
 	Baseline string // benchmarks/baselines/cmd/baseline (baseline targets)
 	Bench    string // cmd/herald-bench (worker processes), when asked for
@@ -22,6 +23,7 @@ type Binaries struct {
 // BuildOptions say which binaries to build, and where.
 type BuildOptions struct {
 	Dir       string // output directory (default: <user cache>/herald-bench)
+	Chaos     bool
 	DevMongo  bool
 	Baselines bool
 	Bench     bool
@@ -48,23 +50,32 @@ func Build(ctx context.Context, root string, o BuildOptions) (Binaries, error) {
 	b := Binaries{Herald: filepath.Join(dir, "herald")}
 	type step struct {
 		moduleDir, out, pkg string
+		tags                string
 	}
-	steps := []step{{root, b.Herald, "./cmd/herald"}}
+	steps := []step{{moduleDir: root, out: b.Herald, pkg: "./cmd/herald"}}
+	if o.Chaos {
+		b.Chaos = filepath.Join(dir, "herald-chaos")
+		steps = append(steps, step{moduleDir: root, out: b.Chaos, pkg: "./cmd/herald", tags: "chaos"})
+	}
 	if o.DevMongo {
 		b.DevMongo = filepath.Join(dir, "herald-devmongo")
-		steps = append(steps, step{root, b.DevMongo, "./cmd/herald-devmongo"})
+		steps = append(steps, step{moduleDir: root, out: b.DevMongo, pkg: "./cmd/herald-devmongo"})
 	}
 	if o.Baselines {
 		b.Baseline = filepath.Join(dir, "baseline")
-		steps = append(steps, step{filepath.Join(root, "benchmarks", "baselines"), b.Baseline, "./cmd/baseline"})
+		steps = append(steps, step{moduleDir: filepath.Join(root, "benchmarks", "baselines"), out: b.Baseline, pkg: "./cmd/baseline"})
 	}
 	if o.Bench {
 		b.Bench = filepath.Join(dir, "herald-bench")
-		steps = append(steps, step{root, b.Bench, "./cmd/herald-bench"})
+		steps = append(steps, step{moduleDir: root, out: b.Bench, pkg: "./cmd/herald-bench"})
 	}
 	for _, s := range steps {
-		fmt.Fprintf(o.Log, "building %s\n", s.pkg)
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", s.out, s.pkg)
+		fmt.Fprintf(o.Log, "building %s %s\n", s.pkg, s.tags)
+		args := []string{"build", "-o", s.out}
+		if s.tags != "" {
+			args = append(args, "-tags", s.tags)
+		}
+		cmd := exec.CommandContext(ctx, "go", append(args, s.pkg)...)
 		cmd.Dir = s.moduleDir
 		cmd.Stdout, cmd.Stderr = o.Log, o.Log
 		if err := cmd.Run(); err != nil {

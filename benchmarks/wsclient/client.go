@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -51,6 +52,7 @@ type Pool struct {
 	Messages  atomic.Int64 // message frames received
 	Unique    atomic.Int64 // messages received for the first time by their client
 	Readies   atomic.Int64 // ready frames received
+	Resyncs   atomic.Int64 // resync frames answered
 	Closes    atomic.Int64 // connections the server closed
 	AcksLost  atomic.Int64 // acks not written (socket full)
 	ConnectOK atomic.Int64
@@ -70,7 +72,8 @@ type Client struct {
 	fd        int
 	open      bool
 	got       map[string]uint16 // message ID -> receipts
-	last      string            // resume cursor: max(message ID, ready cursor)
+	cursor    string            // resume position: the last cursor the server sent
+	seen      []string          // IDs received above cursor (the newest maxSeen)
 	hint      string            // reconnect URL from a "reconnect" frame
 	node      string            // node of the ready frame
 	ready     chan struct{}     // closed at the first ready frame of a connection
@@ -156,9 +159,9 @@ func (c *Client) Connect(ctx context.Context, base, token string, resume bool) e
 	if c.hint != "" {
 		base, c.hint = c.hint, ""
 	}
-	since := ""
+	since, seen := "", ""
 	if resume {
-		since = c.last
+		since, seen = c.cursor, strings.Join(c.seen, ",")
 	}
 	ready := make(chan struct{})
 	c.ready, c.readyOnce = ready, false
@@ -173,6 +176,7 @@ func (c *Client) Connect(ctx context.Context, base, token string, resume bool) e
 	q.Set("user", c.User)
 	if since != "" {
 		q.Set("since", since)
+		q.Set("seen", seen)
 	}
 	u.RawQuery = q.Encode()
 	ctx, cancel := context.WithTimeout(ctx, c.pool.cfg.HandshakeTimeout)
@@ -436,8 +440,12 @@ func (c *Client) onText(p []byte) {
 		c.mu.Lock()
 		c.got[id]++
 		first := c.got[id] == 1
-		if id > c.last {
-			c.last = id
+		c.advanceLocked(messageCursor(p))
+		if first && id > c.cursor {
+			c.seen = append(c.seen, id)
+			if len(c.seen) > maxSeen {
+				c.seen = c.seen[1:]
+			}
 		}
 		c.mu.Unlock()
 		// A repeat (a replay overlapping what arrived live) is counted, but
@@ -454,9 +462,7 @@ func (c *Client) onText(p []byte) {
 	case "ready":
 		c.pool.Readies.Add(1)
 		c.mu.Lock()
-		if cur := jsonString(p, `"cursor":`); cur > c.last {
-			c.last = cur
-		}
+		c.advanceLocked(jsonString(p, `"cursor":`))
 		c.node = jsonString(p, `"node":`)
 		if !c.readyOnce && c.ready != nil {
 			c.readyOnce = true
@@ -467,14 +473,60 @@ func (c *Client) onText(p []byte) {
 		c.mu.Lock()
 		c.hint = jsonString(p, `"url":`)
 		c.mu.Unlock()
+	case "resync":
+		c.mu.Lock()
+		msg := `{"type":"resume","since":"` + c.cursor + `","seen":[`
+		for i, id := range c.seen {
+			if i > 0 {
+				msg += ","
+			}
+			msg += `"` + id + `"`
+		}
+		msg += `]}`
+		c.mu.Unlock()
+		c.pool.Resyncs.Add(1)
+		c.write(0x1, []byte(msg))
 	}
+}
+
+// maxSeen is the most IDs above the cursor a client keeps to resume with.
+const maxSeen = 100
+
+// advanceLocked moves the resume position to cursor if it is later.
+func (c *Client) advanceLocked(cursor string) {
+	if cursor <= c.cursor {
+		return
+	}
+	c.cursor = cursor
+	kept := c.seen[:0]
+	for _, id := range c.seen {
+		if id > cursor {
+			kept = append(kept, id)
+		}
+	}
+	c.seen = kept
+}
+
+// messageCursor returns the cursor a message frame ends with, or "": the
+// server writes it last, so message data cannot be mistaken for it.
+func messageCursor(p []byte) string {
+	const pre = `,"cursor":"`
+	n := len(pre) + 20 + 2
+	if len(p) < n || string(p[len(p)-n:len(p)-n+len(pre)]) != pre || string(p[len(p)-2:]) != `"}` {
+		return ""
+	}
+	return string(p[len(p)-22 : len(p)-2])
 }
 
 // write sends a small masked client frame, dropping it if the socket is
 // full (the load tool must never block on its own clients).
 func (c *Client) write(op byte, payload []byte) {
-	frame := make([]byte, 0, 6+len(payload))
-	frame = append(frame, 0x80|op, 0x80|byte(len(payload)))
+	frame := make([]byte, 0, 8+len(payload))
+	if len(payload) < 126 {
+		frame = append(frame, 0x80|op, 0x80|byte(len(payload)))
+	} else {
+		frame = append(frame, 0x80|op, 0x80|126, byte(len(payload)>>8), byte(len(payload)))
+	}
 	var mask [4]byte
 	frame = append(frame, mask[:]...) // a zero mask leaves the payload as is
 	frame = append(frame, payload...)

@@ -15,6 +15,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/heraldpush/herald/edge/client/resume"
 	"github.com/heraldpush/herald/node/auth"
 )
 
@@ -28,7 +29,7 @@ func listen(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	fs.StringVar(&rawURL, "url", "ws://localhost:8080/ws", "the node's WebSocket `URL`")
 	fs.StringVar(&user, "user", "", "connect as this user `ID`, with a token signed by the development secret")
 	fs.StringVar(&tok, "token", "", "connect with this `token` instead of --user")
-	fs.StringVar(&since, "since", "", "replay stored messages after this message `ID` first")
+	fs.StringVar(&since, "since", "", "replay stored messages after this `cursor` (a message ID, or a cursor the server sent) first")
 	fs.StringVar(&dataDir, "data-dir", "herald-data", "`directory` holding the development secret (with --user)")
 	fs.StringVar(&secret, "jwt-secret", "", "HS256 `secret` to sign the --user token with (default: the development secret in the data dir)")
 	fs.StringVar(&route, "route", "", "ask /v1/route of these `nodes` (comma-separated, tried in turn; or a load balancer) where the user belongs, e.g. http://127.0.0.1:8081, and connect there instead of --url")
@@ -66,13 +67,12 @@ func listen(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		}
 	}
 	// Stay connected like a real client: follow the server's reconnect hints
-	// (after their delay), resume with since, back off on errors.
-	last := since
-	seen := newSeenSet(2048)
+	// (after their delay), resume from the cursor, back off on errors.
+	pos := resume.New(since)
 	target := rawURL
 	backoff := 500 * time.Millisecond
 	for {
-		hint, delay, err := listenOnce(ctx, target, tok, &last, seen, stdout)
+		hint, delay, err := listenOnce(ctx, target, tok, pos, stdout)
 		switch {
 		case ctx.Err() != nil:
 			return nil
@@ -112,17 +112,19 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 }
 
 // listenOnce runs one connection, printing frames and acking messages, and
-// keeps *last at the resume point. It returns a reconnect hint and delay
+// keeps pos at the resume position. It returns a reconnect hint and delay
 // when the server drains; errReconnect for closes a client should retry;
 // errStop when done.
-func listenOnce(ctx context.Context, rawURL, tok string, last *string, seen *seenSet, stdout io.Writer) (string, time.Duration, error) {
+func listenOnce(ctx context.Context, rawURL, tok string, pos *resume.State, stdout io.Writer) (string, time.Duration, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return "", 0, fmt.Errorf("url: %w", err)
 	}
-	if *last != "" {
+	if rq := pos.Query(); len(rq) > 0 {
 		q := u.Query()
-		q.Set("since", *last)
+		for k, v := range rq {
+			q[k] = v
+		}
 		u.RawQuery = q.Encode()
 	}
 	d := ws.Dialer{Timeout: 10 * time.Second, Header: ws.HandshakeHeaderHTTP(http.Header{"Authorization": {"Bearer " + tok}})}
@@ -178,22 +180,23 @@ func listenOnce(ctx context.Context, rawURL, tok string, last *string, seen *see
 			fmt.Fprintln(stdout, string(data))
 			continue
 		}
-		// A replay may repeat recent messages: drop repeats, as clients must.
-		if f.Type != "message" || seen.add(f.ID) {
+		// A message may arrive twice around a failure: drop repeats, as
+		// clients must.
+		if f.Type != "message" || pos.Message(f.ID, f.Cursor) {
 			fmt.Fprintln(stdout, string(data))
 		}
 		switch f.Type {
 		case "message":
-			if f.ID > *last {
-				*last = f.ID
-			}
 			ack, _ := json.Marshal(map[string]string{"type": "ack", "id": f.ID})
 			if err := wsutil.WriteClientText(conn, ack); err != nil {
 				return "", 0, fmt.Errorf("%w: ack: %v", errReconnect, err)
 			}
 		case "ready":
-			if f.Cursor > *last {
-				*last = f.Cursor
+			pos.Ready(f.Cursor)
+		case "resync":
+			p, _ := json.Marshal(pos.Resume())
+			if err := wsutil.WriteClientText(conn, p); err != nil {
+				return "", 0, fmt.Errorf("%w: resume: %v", errReconnect, err)
 			}
 		case "reconnect":
 			hint, delay = f.URL, time.Duration(f.DelayMS)*time.Millisecond
@@ -233,27 +236,4 @@ func routeOnce(ctx context.Context, base, user string) (string, error) {
 		return "", fmt.Errorf("route: %s answered %s", base, resp.Status)
 	}
 	return r.URL, nil
-}
-
-// seenSet remembers the last n message IDs.
-type seenSet struct {
-	ids   map[string]struct{}
-	order []string
-	n     int
-}
-
-func newSeenSet(n int) *seenSet { return &seenSet{ids: make(map[string]struct{}, n), n: n} }
-
-// add records id and reports whether it is new.
-func (s *seenSet) add(id string) bool {
-	if _, ok := s.ids[id]; ok {
-		return false
-	}
-	s.ids[id] = struct{}{}
-	s.order = append(s.order, id)
-	if len(s.order) > s.n {
-		delete(s.ids, s.order[0])
-		s.order = s.order[1:]
-	}
-	return true
 }

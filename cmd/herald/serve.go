@@ -42,7 +42,14 @@ type serveSettings struct {
 	pingInterval    time.Duration
 	idleTimeout     time.Duration
 	writeQueueBytes byteSize
+	sendBuffer      byteSize
 	replayWindow    time.Duration
+	replayWorkers   int
+	maxSeen         int
+	resyncTimeout   time.Duration
+	replayRetryFor  time.Duration
+	maxUnresolved   int
+	appendTimeout   time.Duration
 	drainTimeout    time.Duration
 	drainSpread     time.Duration
 	logLevel        string
@@ -61,6 +68,7 @@ type serveSettings struct {
 	authSecret      string
 	standalone      bool
 	debugAddr       string
+	chaos           chaosSettings
 }
 
 func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
@@ -85,7 +93,14 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
 	fs.DurationVar(&s.pingInterval, "ping-interval", d.Edge.PingInterval, "how often each connection is pinged")
 	fs.DurationVar(&s.idleTimeout, "idle-timeout", d.Edge.IdleTimeout, "close connections silent for this long")
 	fs.Var(&s.writeQueueBytes, "write-queue-bytes", "per-connection queue `size` before a client is closed as a slow consumer")
-	fs.DurationVar(&s.replayWindow, "replay-window", d.Edge.ReplayWindow, "replay also this much before a client's since, for messages that raced")
+	fs.Var(&s.sendBuffer, "socket-send-buffer", "cap each connection's kernel send buffer at this `size` (0: the kernel's default, which grows to megabytes for a client that does not read)")
+	fs.DurationVar(&s.replayWindow, "replay-window", d.Edge.ReplayWindow, "for older clients that resume without seen=: replay also this much before their since")
+	fs.IntVar(&s.replayWorkers, "replay-workers", d.Edge.ReplayWorkers, "store reads for replays that may run at once; more replaying clients wait their turn")
+	fs.DurationVar(&s.replayRetryFor, "replay-retry-for", d.Edge.ReplayRetryFor, "while the store fails, how long a replay keeps retrying before it closes the connection (4005)")
+	fs.DurationVar(&s.appendTimeout, "append-timeout", d.AppendTimeout, "how long a POST waits for the message store before it answers 503 (the write is then settled with the store)")
+	fs.IntVar(&s.maxUnresolved, "max-unresolved", d.MaxUnresolved, "store writes that timed out and wait to be settled, held in memory; beyond it POSTs answer 503 store_unavailable")
+	fs.IntVar(&s.maxSeen, "max-seen", d.Edge.MaxSeen, "most message IDs a client may list in seen= or a resume frame")
+	fs.DurationVar(&s.resyncTimeout, "resync-timeout", d.Edge.ResyncTimeout, "how long a connection asked to resync has to answer before it is closed (4003)")
 	fs.DurationVar(&s.drainTimeout, "drain-timeout", d.DrainTimeout, "on SIGTERM, how long to wait for clients to leave before stopping")
 	fs.DurationVar(&s.drainSpread, "drain-spread", d.DrainSpread, "on SIGTERM, spread clients' reconnects over this window")
 	fs.StringVar(&s.redisURL, "redis", "", "Redis `URL` for user bindings (redis://host:6379/0; a Cluster: ?addr=host2:6379&addr=...; Sentinel: ?master_name=NAME&addr=...); default: in memory, for a single node")
@@ -104,6 +119,7 @@ func serveFlags(stderr io.Writer) (*flag.FlagSet, *serveSettings) {
 	fs.StringVar(&s.debugAddr, "debug-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this private `address`, e.g. 127.0.0.1:6060; off by default")
 	fs.StringVar(&s.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
 	fs.StringVar(&s.logFormat, "log-format", "text", "`format`: text or json")
+	s.chaosFlags(fs)
 	fs.Usage = usage(fs, "Usage: herald serve [flags]\n\nRuns a Herald node. With no flags: every role in one process on :8080, messages in\n./herald-data, bindings in memory, and development secrets generated into ./herald-data.")
 	return fs, s
 }
@@ -142,6 +158,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 	if err != nil {
 		return err
 	}
+	startChaos, err := s.chaosNode(&cfg, log)
+	if err != nil {
+		closeStores()
+		return err
+	}
 	n, err := node.New(cfg)
 	if err != nil {
 		closeStores()
@@ -151,6 +172,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, getenv func(str
 		_ = n.Shutdown(context.Background())
 		return err
 	}
+	defer startChaos()()
 	if s.debugAddr != "" {
 		stopDebug, err := serveDebug(s.debugAddr, log)
 		if err != nil {
@@ -197,7 +219,14 @@ func (s *serveSettings) nodeConfig(log *slog.Logger) (node.Config, func(), error
 	cfg.Edge.AllowedOrigins = s.allowedOrigins
 	cfg.Edge.PingInterval, cfg.Edge.IdleTimeout = s.pingInterval, s.idleTimeout
 	cfg.Edge.WriteQueueBytes = int(s.writeQueueBytes)
+	cfg.Edge.SendBufferBytes = int(s.sendBuffer)
 	cfg.Edge.ReplayWindow = s.replayWindow
+	cfg.Edge.ReplayWorkers = s.replayWorkers
+	cfg.Edge.ReplayRetryFor = s.replayRetryFor
+	cfg.AppendTimeout = s.appendTimeout
+	cfg.MaxUnresolved = s.maxUnresolved
+	cfg.Edge.MaxSeen = s.maxSeen
+	cfg.Edge.ResyncTimeout = s.resyncTimeout
 	if err := cfg.Edge.Validate(); err != nil && !strings.Contains(err.Error(), "Auth is required") {
 		return cfg, noop, err
 	}
@@ -258,6 +287,7 @@ func (s *serveSettings) openMessages(log *slog.Logger) (storage.Messages, error)
 	}
 	mc := mongo.DefaultConfig()
 	mc.URI, mc.Database, mc.WriteConcern = s.mongoURI, s.mongoDatabase, s.mongoWC
+	s.chaosMongo(&mc)
 	mc.Logger = log.With("part", "mongo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
