@@ -3,7 +3,7 @@ GO ?= go
 STATICCHECK_VERSION := v0.8.2
 GOBIN := $(shell $(GO) env GOPATH)/bin
 
-.PHONY: run test race lint bench bench-scenarios compare tidy build
+.PHONY: run test race lint bench bench-scenarios compare tidy build chaos chaos-short
 
 ## run: run Herald with every role and embedded storage on :8080
 run:
@@ -28,6 +28,20 @@ lint:
 	@test -x $(GOBIN)/staticcheck && $(GOBIN)/staticcheck -version | grep -q "($(patsubst v%,%,$(STATICCHECK_VERSION)))" || $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
 	$(GOBIN)/staticcheck ./...
 	cd benchmarks/baselines && $(GO) vet ./... && $(GOBIN)/staticcheck ./...
+
+## chaos-short: the short chaos drill that make test runs: every fault once, about 2 minutes
+chaos-short:
+	$(GO) test -count=1 -timeout 20m -run '^TestChaosShort$$' -v ./benchmarks/chaos
+
+## chaos: the full drill (every fault once, a 15 s freeze), then a randomized soak of mixed faults
+## (CHAOS_SOAK, default 10m); reports in benchmarks/results/scratch/
+CHAOS_SOAK ?= 10m
+chaos:
+	mkdir -p benchmarks/results/scratch
+	$(GO) test -count=1 -timeout 30m -run '^TestChaosShort$$' -v ./benchmarks/chaos -args \
+		-chaos-freeze 15s -chaos-report $(CURDIR)/benchmarks/results/scratch/chaos-full.json
+	$(GO) test -count=1 -timeout 120m -run '^TestChaosSoak$$' -v ./benchmarks/chaos -args \
+		-chaos-soak $(CHAOS_SOAK) -chaos-report $(CURDIR)/benchmarks/results/scratch/chaos-soak.json
 
 ## bench: the micro-benchmarks (not the load scenarios)
 bench:

@@ -31,6 +31,9 @@ go vet ./...
 echo "== go test -race"
 go test -race -count=1 -timeout 30m ./...
 
+echo "== chaos drill, short (a real cluster under faults; without -race, alone)"
+go test -count=1 -timeout 20m -run '^TestChaosShort$' ./benchmarks/chaos
+
 echo "== benchmarks/baselines (its own module)"
 (cd benchmarks/baselines && go vet ./... && go test -race -count=1 -timeout 10m ./...)
 
