@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -72,9 +73,46 @@ type Conn struct {
 // messages it sent: they may still be on their way through dispatch, and
 // their live copies must not reach the client a second time.
 type recentSet struct {
-	ids   map[string]struct{}
+	ids   *idSet
 	until uint32 // server clock
 }
+
+// maxRecent bounds the replayed IDs a connection remembers (idSet), so
+// that a replay costs bounded memory whatever its backlog. Forgetting one
+// can only mean a live copy delivered twice, which clients drop by ID;
+// remembering too little never loses a message.
+const maxRecent = 1024
+
+// idSet is a set of message IDs that keeps the last max added. Replays add
+// in ID order, so it keeps the newest: those a live copy may still follow.
+type idSet struct {
+	ids   map[string]struct{}
+	order []string
+	max   int
+}
+
+func newIDSet(max int) *idSet { return &idSet{ids: make(map[string]struct{}), max: max} }
+
+func (s *idSet) add(id string) {
+	if _, ok := s.ids[id]; ok {
+		return
+	}
+	id = strings.Clone(id) // not pinning the buffer it came from
+	s.ids[id] = struct{}{}
+	s.order = append(s.order, id)
+	if len(s.order) > s.max {
+		delete(s.ids, s.order[0])
+		s.order[0] = ""
+		s.order = s.order[1:]
+	}
+}
+
+func (s *idSet) has(id string) bool {
+	_, ok := s.ids[id]
+	return ok
+}
+
+func (s *idSet) len() int { return len(s.ids) }
 
 // readState is the partial input of a connection.
 type readState struct {
@@ -87,9 +125,14 @@ type readState struct {
 // until the replay is written, and those the replay already sent are
 // dropped.
 type holdState struct {
-	frames   []*Frame
-	bytes    int
-	replayed map[string]struct{}
+	frames []*Frame
+	bytes  int
+	// replayed holds the IDs the replay sent that were created after its
+	// cutoff (ReplayDedupe before it began), the newest maxRecent: a held
+	// live copy of one of them is dropped. An older message's live copy
+	// is sent (a repeat at worst): recording the whole backlog would make
+	// a replay's memory grow with it.
+	replayed *idSet
 }
 
 // closeError is a reason to close a connection.
@@ -391,7 +434,7 @@ func (c *Conn) deliver(f *Frame) bool {
 	if r := c.recent; r != nil {
 		if int32(c.srv.now()-r.until) >= 0 {
 			c.recent = nil
-		} else if _, dup := r.ids[f.ID]; dup {
+		} else if r.ids.has(f.ID) {
 			return true // replayed already
 		}
 	}
@@ -614,32 +657,31 @@ func (c *Conn) teardown(cause error) {
 // beginHold starts holding live frames for a replay.
 func (c *Conn) beginHold() {
 	c.mu.Lock()
-	c.hold = &holdState{replayed: make(map[string]struct{})}
+	c.hold = &holdState{replayed: newIDSet(maxRecent)}
 	c.mu.Unlock()
 }
 
 var errConnClosed = errors.New("connection closed")
 
 // endHoldLocked queues the ready frame, then the live frames held during
-// the replay that the replay did not already send. recent lists the
-// replayed messages created so lately that they may still be in dispatch;
-// their live copies are dropped for the next dedupe (server clock
-// milliseconds).
-func (c *Conn) endHoldLocked(ready *Frame, recent map[string]struct{}, dedupe uint32) {
+// the replay that the replay did not already send. The recent replayed
+// messages (holdState.replayed) may still be in dispatch: their live
+// copies are dropped for the next dedupe (server clock milliseconds).
+func (c *Conn) endHoldLocked(ready *Frame, dedupe uint32) {
 	h := c.hold
 	c.hold = nil
 	if c.state != stateOpen {
 		return
 	}
-	if len(recent) > 0 {
-		c.recent = &recentSet{ids: recent, until: c.srv.now() + dedupe}
+	if h != nil && h.replayed.len() > 0 && dedupe > 0 {
+		c.recent = &recentSet{ids: h.replayed, until: c.srv.now() + dedupe}
 	}
 	c.queueLocked(ready.b)
 	if h == nil {
 		return
 	}
 	for _, f := range h.frames {
-		if _, dup := h.replayed[f.ID]; dup {
+		if h.replayed.has(f.ID) {
 			continue
 		}
 		if !c.queueLocked(f.b) {

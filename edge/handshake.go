@@ -230,7 +230,7 @@ func (s *Server) open(nc net.Conn, early []byte, id Identity, rq resumeQuery) {
 	pre := c.job
 	c.job, c.live = nil, true
 	if rq.since == "" {
-		c.endHoldLocked(encodeJSONFrame(readyFrame{Type: "ready", User: c.user, Node: s.cfg.NodeID, Cursor: cursor}), nil, 0)
+		c.endHoldLocked(encodeJSONFrame(readyFrame{Type: "ready", User: c.user, Node: s.cfg.NodeID, Cursor: cursor}), 0)
 		if pre != nil && c.state == stateOpen {
 			c.job = &replayJob{phase: jobAsked, waiters: pre.waiters}
 			c.askLocked()

@@ -46,7 +46,6 @@ type replayJob struct {
 	seen     map[string]struct{} // IDs above since the client already has
 	cursor   string              // what the ready frame will carry
 	n        int                 // messages replayed
-	recent   map[string]struct{} // replayed IDs created after cutoff (see Conn.recent)
 	cutoff   time.Time
 	deadline uint32        // server clock: the client must answer (asked) or drain (draining) by then
 	failing  time.Time     // when the store first failed this replay (retried until ReplayRetryFor)
@@ -164,7 +163,7 @@ func (c *Conn) onResume(m clientMessage) *closeError {
 	j.since, j.after, j.seen = m.Since, m.Since, seenSet(m.Seen)
 	j.cutoff = time.Now().Add(-c.srv.cfg.ReplayDedupe)
 	j.cursor = max(c.srv.cursor(), m.Since)
-	c.hold = &holdState{replayed: make(map[string]struct{})}
+	c.hold = &holdState{replayed: newIDSet(maxRecent)}
 	c.mu.Unlock()
 	c.srv.replays.push(c)
 	return nil
@@ -384,6 +383,7 @@ func (s *Server) replayPage(c *Conn) {
 	j.failing = time.Time{}
 	c.mu.Unlock()
 	frames := make([]*Frame, 0, len(msgs))
+	recent := make([]bool, 0, len(msgs)) // created after the cutoff: remembered (holdState.replayed)
 	for _, m := range msgs {
 		if m.ID == j.since {
 			continue
@@ -392,12 +392,7 @@ func (s *Server) replayPage(c *Conn) {
 			continue
 		}
 		frames = append(frames, EncodeMessage(m.ID, m.Data, m.CreatedAt, ""))
-		if m.CreatedAt.After(j.cutoff) {
-			if j.recent == nil {
-				j.recent = make(map[string]struct{})
-			}
-			j.recent[m.ID] = struct{}{}
-		}
+		recent = append(recent, m.CreatedAt.After(j.cutoff))
 	}
 
 	c.mu.Lock()
@@ -405,8 +400,10 @@ func (s *Server) replayPage(c *Conn) {
 	if c.state != stateOpen || c.job != j {
 		return // closed, or drained, meanwhile
 	}
-	for _, f := range frames {
-		c.hold.replayed[f.ID] = struct{}{}
+	for i, f := range frames {
+		if recent[i] {
+			c.hold.replayed.add(f.ID)
+		}
 		c.queueReplayLocked(f)
 	}
 	if c.state != stateOpen {
@@ -477,7 +474,7 @@ func (c *Conn) finishJobLocked() {
 	j := c.job
 	c.job = nil
 	ready := encodeJSONFrame(readyFrame{Type: "ready", User: c.user, Node: c.srv.cfg.NodeID, Replayed: j.n, Cursor: j.cursor})
-	c.endHoldLocked(ready, j.recent, uint32(c.srv.cfg.ReplayDedupe/time.Millisecond))
+	c.endHoldLocked(ready, uint32(c.srv.cfg.ReplayDedupe/time.Millisecond))
 	for _, r := range j.waiters {
 		r.finishOne()
 	}

@@ -453,3 +453,15 @@ func TestReplayConcurrencyAdaptsToTheStore(t *testing.T) {
 	c.expectType("ready")
 	eventually(t, 5*time.Second, "the concurrency to grow back", func() bool { return limit() == 8 })
 }
+
+// The replayed IDs a connection remembers are bounded, newest kept, so a
+// replay's memory does not grow with its backlog.
+func TestIDSetKeepsTheNewest(t *testing.T) {
+	s := newIDSet(3)
+	for _, id := range []string{"a", "b", "c", "b", "d", "e"} {
+		s.add(id)
+	}
+	if s.len() != 3 || s.has("a") || s.has("b") || !s.has("c") || !s.has("d") || !s.has("e") {
+		t.Fatalf("set %v, want c d e", s.order)
+	}
+}
